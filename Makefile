@@ -1,0 +1,63 @@
+# mpi_s2: set-up, demo, tests and benchmarks. `make demo` and `make test` work on a fresh Debian 12 machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+SYSTEM_PYTHON := /usr/bin/python3
+VENV := .venv
+PY := $(abspath $(VENV))/bin/python
+DEBIAN_PACKAGES := gdal-bin python3-gdal python3-mpi4py python3-h5py-mpi openmpi-bin python3-numpy python3-venv
+# root needs --allow-run-as-root; more ranks than cores needs --oversubscribe (this machine has 2 cores)
+MPIRUN := mpirun --allow-run-as-root --oversubscribe
+MPI_TEST_TIMEOUT := 900
+DEMO_DIR := demo
+DEMO_SIZE := 4096
+BENCH_DIR := bench-data
+BENCH_SIZE := 10980
+BENCH_REPEAT := 3
+
+.PHONY: help system-deps venv demo test test-unit test-mpi bench clean
+
+help:
+	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
+	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
+	@echo "make bench   - full-size tile: gdal_translate vs mpi_s2 (mpirun -n 2), medians and peak memory"
+
+# The Debian stack (GDAL, Open MPI, mpi4py, parallel h5py) is installed when missing, as root.
+system-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $$missing" >&2; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
+	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -c "from osgeo import gdal; from mpi4py import MPI; import numpy, h5py" 
+	touch $@
+
+venv: system-deps $(VENV)/.installed
+
+demo: venv
+	$(PY) -m mpi_s2 synth $(DEMO_DIR)/scene --size $(DEMO_SIZE)
+	$(MPIRUN) -n 3 $(PY) -m mpi_s2 compose --red $(DEMO_DIR)/scene/B04.tif --green $(DEMO_DIR)/scene/B03.tif \
+	  --blue $(DEMO_DIR)/scene/B02.tif -o $(DEMO_DIR)/rgb.tif --overwrite --report $(DEMO_DIR)/run.json
+	@echo "GeoTIFF: $(abspath $(DEMO_DIR))/rgb.tif   (run report: $(abspath $(DEMO_DIR))/run.json)"
+
+# Unit and process tests (these launch mpirun themselves), then the in-process MPI tests on 2 and 3 ranks.
+test: venv test-unit test-mpi
+
+test-unit:
+	$(PY) -m pytest -m "not mpi" tests
+
+test-mpi:
+	for n in 2 3; do \
+	  timeout $(MPI_TEST_TIMEOUT) $(MPIRUN) -n $$n $(PY) -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests || exit 1; \
+	done
+
+bench: venv
+	$(PY) -m mpi_s2.benchmark --dir $(BENCH_DIR) --size $(BENCH_SIZE) --repeat $(BENCH_REPEAT)
+
+clean:
+	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache

@@ -1,0 +1,38 @@
+"""The exceptions mpi_s2 raises.
+
+Every error the user can cause derives from :class:`MpiS2Error` and carries an exit code: bad input is 2,
+an internal failure is 1. Subclasses also inherit the matching standard type so callers that catch
+``ValueError`` or ``OSError`` keep working.
+"""
+
+from __future__ import annotations
+
+
+class MpiS2Error(Exception):
+    """Root of every mpi_s2 error."""
+
+    exit_code = 1
+
+
+class InputError(MpiS2Error, ValueError):
+    """An input file or option is missing, unreadable or inconsistent. The message names the file."""
+
+    exit_code = 2
+
+
+class OutputError(MpiS2Error, OSError):
+    """The output cannot be written where the user asked (missing directory, existing file...)."""
+
+    exit_code = 2
+
+
+class WindowError(MpiS2Error, ValueError):
+    """A window or window plan is invalid (programming error or impossible option)."""
+
+    exit_code = 2
+
+
+class LaunchError(MpiS2Error, RuntimeError):
+    """The MPI job was launched in a way that cannot work (e.g. srun without PMIx)."""
+
+    exit_code = 2

@@ -1,0 +1,39 @@
+"""GDAL process settings, passed explicitly instead of living in hidden global state."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+from osgeo import gdal
+
+gdal.UseExceptions()
+
+#: Per-process block cache in MB. GDAL's default (5% of RAM) would let a writer hold >1 GB of dirty tiles;
+#: windows are aligned with blocks, so a small cache loses nothing.
+DEFAULT_CACHE_MB = 64
+
+
+@contextlib.contextmanager
+def config_options(options: Mapping[str, str]) -> Iterator[None]:
+    """Set GDAL configuration options for the duration of the block, restoring the previous values."""
+    previous = {key: gdal.GetConfigOption(key) for key in options}
+    try:
+        for key, value in options.items():
+            gdal.SetConfigOption(key, str(value))
+        yield
+    finally:
+        for key, value in previous.items():
+            gdal.SetConfigOption(key, value)
+
+
+def rank_options(decoder_threads: int = 1, cache_mb: int = DEFAULT_CACHE_MB) -> dict[str, str]:
+    """GDAL options for one rank: a bounded block cache and a fixed number of decoder threads.
+
+    With one rank per core, decoder threads must be 1 or ranks x threads oversubscribes the cores.
+    """
+    return {
+        "GDAL_CACHEMAX": str(cache_mb),
+        "GDAL_NUM_THREADS": str(decoder_threads),
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    }

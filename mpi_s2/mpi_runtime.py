@@ -1,0 +1,88 @@
+"""Running a function on every rank so that a failure anywhere ends the whole job, never hangs it.
+
+* An error every rank knows about at once (an input error found while planning, broadcast to all) ends the
+  job cleanly: rank 0 prints one line, every rank exits with the error's code.
+* Any other exception, on any rank, is reported once by that rank and the communicator is aborted, so the
+  other ranks, possibly blocked in a receive or a collective, are killed instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable
+
+from .errors import LaunchError, MpiS2Error
+
+
+class CollectiveFailure(Exception):
+    """Raised on every rank together: exit without aborting; rank 0 reports the error."""
+
+    def __init__(self, error: MpiS2Error):
+        super().__init__(str(error))
+        self.error = error
+
+
+def launcher_rank() -> int:
+    """This process's rank as the launcher announced it (before MPI starts); 0 when not launched by one."""
+    for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            try:
+                return int(os.environ[key])
+            except ValueError:
+                pass
+    return 0
+
+
+def report_error(message: str, rank: int | None = None) -> None:
+    where = f" (rank {rank})" if rank is not None else ""
+    sys.stderr.write(f"mpi_s2: error{where}: {message}\n")
+    sys.stderr.flush()
+
+
+def check_launch(comm_size: int, environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Detect srun starting N singletons (no PMIx): every rank then sees a world of size 1."""
+    if "OMPI_COMM_WORLD_SIZE" in environ:  # started by mpirun: the world is what it says
+        return
+    if "SLURM_PROCID" not in environ or "SLURM_STEP_NUM_TASKS" not in environ:
+        return
+    tasks = int(environ["SLURM_STEP_NUM_TASKS"])
+    if tasks != comm_size:
+        raise LaunchError(
+            f"srun started {tasks} tasks but MPI sees a world of {comm_size} rank(s): the MPI library did "
+            f"not get the job layout from Slurm; launch with 'srun --mpi=pmix' (or mpirun inside the job)"
+        )
+
+
+def run_job(main: Callable[[object], object], comm=None) -> int:
+    """Run ``main(comm)`` on every rank and return the process exit code (or abort the job)."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD if comm is None else comm
+    try:
+        check_launch(comm.size)
+    except LaunchError as exc:
+        if launcher_rank() == 0:
+            report_error(str(exc))
+        return exc.exit_code
+    try:
+        main(comm)
+        return 0
+    except CollectiveFailure as failure:
+        if comm.rank == 0:
+            report_error(str(failure.error))
+        return failure.error.exit_code
+    except MpiS2Error as exc:
+        report_error(str(exc), comm.rank if comm.size > 1 else None)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        report_error("interrupted", comm.rank if comm.size > 1 else None)
+        code = 130
+    except BaseException as exc:  # a bug: keep the traceback, but still end the job
+        traceback.print_exc()
+        report_error(f"internal error: {type(exc).__name__}: {exc}", comm.rank if comm.size > 1 else None)
+        code = 1
+    if comm.size > 1:
+        comm.Abort(code)
+    return code

@@ -1,0 +1,143 @@
+"""Sources: the input band files, their grid, and reading windows of them with GDAL.
+
+Rank 0 inspects and checks the inputs (:func:`inspect_band_set`); each worker then opens its own handles
+(:class:`BandSetReader`), since a GDAL dataset must never be shared between processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from osgeo import gdal, osr
+
+from .errors import InputError
+from .windows import Window
+
+gdal.UseExceptions()
+
+#: Order of the bands in every tuple of this package: red, green, blue.
+BAND_NAMES = ("red", "green", "blue")
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """A raster's pixel grid: size, affine geotransform (GDAL order) and CRS as WKT ('' when absent)."""
+
+    width: int
+    height: int
+    geotransform: tuple[float, float, float, float, float, float]
+    crs_wkt: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+@dataclass(frozen=True, slots=True)
+class BandInfo:
+    """What rank 0 learns about one band file before planning."""
+
+    path: str
+    grid: Grid
+    block_size: tuple[int, int]
+    data_type: str
+
+
+def open_dataset(path: str) -> gdal.Dataset:
+    """Open ``path`` read-only, turning GDAL's error into an :class:`InputError` that names the file."""
+    if not path.startswith("/vsi") and not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if not path.startswith("/vsi") and not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    try:
+        return gdal.Open(path, gdal.GA_ReadOnly)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot be read as a raster ({_gdal_reason(exc)})") from None
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def inspect_band(path: str) -> BandInfo:
+    """Open one single-band uint16 file and describe it; raise :class:`InputError` on anything unusable."""
+    ds = open_dataset(path)
+    if ds.RasterCount < 1:
+        raise InputError(f"{path}: has no raster band")
+    band = ds.GetRasterBand(1)
+    data_type = gdal.GetDataTypeName(band.DataType)
+    if band.DataType != gdal.GDT_UInt16:
+        raise InputError(f"{path}: band 1 is {data_type}, expected UInt16 (Sentinel-2 digital numbers)")
+    block_x, block_y = band.GetBlockSize()
+    grid = Grid(
+        width=ds.RasterXSize,
+        height=ds.RasterYSize,
+        geotransform=tuple(float(v) for v in ds.GetGeoTransform()),  # type: ignore[arg-type]
+        crs_wkt=ds.GetProjection() or "",
+    )
+    return BandInfo(path=path, grid=grid, block_size=(block_x, block_y), data_type=data_type)
+
+
+def same_crs(wkt_a: str, wkt_b: str) -> bool:
+    """True when two WKT strings describe the same CRS (both empty counts as the same)."""
+    if not wkt_a or not wkt_b:
+        return wkt_a == wkt_b
+    a, b = osr.SpatialReference(), osr.SpatialReference()
+    a.ImportFromWkt(wkt_a)
+    b.ImportFromWkt(wkt_b)
+    return bool(a.IsSame(b))
+
+
+def same_geotransform(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Geotransforms equal to a millionth of a pixel."""
+    tolerance = 1e-6 * max(abs(a[1]), abs(a[5]), 1e-12)
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b))
+
+
+def inspect_band_set(paths: tuple[str, str, str]) -> tuple[Grid, tuple[BandInfo, ...]]:
+    """Inspect red, green and blue files and check they share one grid; return it with each band's info."""
+    infos = tuple(inspect_band(p) for p in paths)
+    first = infos[0]
+    for name, info in zip(BAND_NAMES[1:], infos[1:]):
+        if info.grid.size != first.grid.size:
+            raise InputError(
+                f"{info.path}: {name} band is {info.grid.width} x {info.grid.height} pixels, "
+                f"but {first.path} is {first.grid.width} x {first.grid.height}"
+            )
+        if not same_crs(info.grid.crs_wkt, first.grid.crs_wkt):
+            raise InputError(f"{info.path}: {name} band has a different CRS than {first.path}")
+        if not same_geotransform(info.grid.geotransform, first.grid.geotransform):
+            raise InputError(
+                f"{info.path}: {name} band has geotransform {info.grid.geotransform}, "
+                f"but {first.path} has {first.grid.geotransform}"
+            )
+    return first.grid, infos
+
+
+class BandSetReader:
+    """Reads windows of the red, green and blue files into caller-provided uint16 buffers.
+
+    Holds its own dataset handles (the dataset, not only the band, must stay referenced while reading).
+    """
+
+    def __init__(self, paths: tuple[str, str, str]):
+        self.paths = paths
+        self._datasets = [open_dataset(p) for p in paths]
+        self._bands = [ds.GetRasterBand(1) for ds in self._datasets]
+
+    def read(self, window: Window, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Fill ``out`` (three ``window.shape`` uint16 arrays) with the window of each band."""
+        for path, band, buf in zip(self.paths, self._bands, out):
+            try:
+                band.ReadAsArray(*window.gdal_args(), buf_obj=buf)
+            except RuntimeError as exc:
+                raise InputError(
+                    f"{path}: reading pixels at column {window.col_off}, row {window.row_off} "
+                    f"({window.width} x {window.height}) failed: {_gdal_reason(exc)}"
+                ) from None
+
+    def close(self) -> None:
+        self._bands = []
+        self._datasets = []

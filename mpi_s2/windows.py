@@ -1,0 +1,131 @@
+"""Planning windows: how a raster is cut into rectangles that ranks process independently.
+
+Pure logic, no MPI and no GDAL. A :class:`Window` is a small immutable value; a plan is a list of them in
+row-major order that covers the raster exactly once. Windows are aligned with the source's block grid so that
+each compressed block (a JPEG 2000 tile, a GeoTIFF tile) is decoded by exactly one window; edge windows are
+smaller, nothing is padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import WindowError
+
+#: Default target edge length of a window, in pixels (the actual size is a multiple of the block size).
+DEFAULT_WINDOW_TARGET = 1024
+
+#: Columns of the window table that travels between ranks: index, column offset, row offset, width, height.
+TABLE_COLUMNS = ("index", "col_off", "row_off", "width", "height")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A rectangle of pixels: ``col_off``/``row_off`` of its upper-left corner, ``width``/``height``."""
+
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.col_off < 0 or self.row_off < 0:
+            raise WindowError(f"window offsets must be >= 0, got {self}")
+        if self.width <= 0 or self.height <= 0:
+            raise WindowError(f"window sizes must be > 0, got {self}")
+
+    @property
+    def size(self) -> int:
+        """Number of pixels in the window."""
+        return self.width * self.height
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Numpy shape ``(rows, cols)``."""
+        return (self.height, self.width)
+
+    def toslices(self) -> tuple[slice, slice]:
+        """Row and column slices into a full-raster array."""
+        return (
+            slice(self.row_off, self.row_off + self.height),
+            slice(self.col_off, self.col_off + self.width),
+        )
+
+    def gdal_args(self) -> tuple[int, int, int, int]:
+        """``(xoff, yoff, xsize, ysize)`` as GDAL's ``ReadRaster``/``WriteRaster`` take them."""
+        return (self.col_off, self.row_off, self.width, self.height)
+
+
+def aligned_length(block: int, target: int = DEFAULT_WINDOW_TARGET) -> int:
+    """The multiple of ``block`` closest to ``target`` (at least one block).
+
+    Ties go to the smaller multiple, which keeps windows small on blocks of odd sizes.
+    """
+    if block <= 0:
+        raise WindowError(f"block size must be > 0, got {block}")
+    if target <= 0:
+        raise WindowError(f"window size must be > 0, got {target}")
+    lower = max(1, target // block)
+    upper = lower + 1
+    best = lower if abs(lower * block - target) <= abs(upper * block - target) else upper
+    return best * block
+
+
+def choose_window_size(
+    block_size: tuple[int, int], raster_size: tuple[int, int], override: int | None = None
+) -> tuple[int, int]:
+    """Window ``(width, height)`` for a source of ``block_size`` and ``raster_size`` (both x, y).
+
+    By default each side is the multiple of the block side closest to 1024. A block that spans the whole
+    raster width (a striped file) can be cut anywhere along that axis, so the target is used as is there.
+    ``override`` forces a square window of that edge.
+    """
+    if override is not None:
+        if override <= 0:
+            raise WindowError(f"--window must be > 0, got {override}")
+        return (min(override, raster_size[0]), min(override, raster_size[1]))
+    sizes = []
+    for block, full in zip(block_size, raster_size):
+        if block >= full:  # one block spans the axis: any cut decodes that block anyway
+            sizes.append(min(DEFAULT_WINDOW_TARGET, full))
+        else:
+            sizes.append(min(aligned_length(block), full))
+    return (sizes[0], sizes[1])
+
+
+def plan_windows(raster_size: tuple[int, int], window_size: tuple[int, int]) -> list[Window]:
+    """Cut a ``raster_size`` (width, height) raster into row-major windows of ``window_size``.
+
+    Windows start at multiples of the window size; the last column and row of windows are smaller when the
+    raster is not a multiple of it.
+    """
+    width, height = raster_size
+    win_w, win_h = window_size
+    if width <= 0 or height <= 0:
+        raise WindowError(f"raster size must be > 0, got {raster_size}")
+    if win_w <= 0 or win_h <= 0:
+        raise WindowError(f"window size must be > 0, got {window_size}")
+    return [
+        Window(col, row, min(win_w, width - col), min(win_h, height - row))
+        for row in range(0, height, win_h)
+        for col in range(0, width, win_w)
+    ]
+
+
+def windows_to_table(windows: Sequence[Window], indices: Iterable[int] | None = None) -> np.ndarray:
+    """Pack windows into a contiguous ``(n, 5)`` int64 table (see :data:`TABLE_COLUMNS`) for MPI buffers."""
+    idx = list(range(len(windows))) if indices is None else list(indices)
+    table = np.empty((len(windows), len(TABLE_COLUMNS)), dtype=np.int64)
+    for row, (i, w) in enumerate(zip(idx, windows)):
+        table[row] = (i, w.col_off, w.row_off, w.width, w.height)
+    return table
+
+
+def table_to_windows(table: np.ndarray) -> list[tuple[int, Window]]:
+    """Inverse of :func:`windows_to_table`: ``(index, Window)`` pairs."""
+    if table.ndim != 2 or table.shape[1] != len(TABLE_COLUMNS):
+        raise WindowError(f"window table must have shape (n, {len(TABLE_COLUMNS)}), got {table.shape}")
+    return [(int(r[0]), Window(int(r[1]), int(r[2]), int(r[3]), int(r[4]))) for r in table]

@@ -1,0 +1,119 @@
+"""The GeoTIFF writer: the one process that writes the output file.
+
+GDAL cannot write one GeoTIFF from several processes, so exactly one rank owns the file. It is created under
+a temporary name in the output directory and renamed over the requested path only once complete, so a failed
+run never leaves a half-written file under the name the user asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+from osgeo import gdal
+
+from . import __version__
+from .errors import OutputError
+from .profiles import as_gdal_list
+from .sources import Grid
+from .windows import Window
+
+gdal.UseExceptions()
+
+
+def partial_path(output: str) -> str:
+    """Where the output is written until it is complete (same directory, so the rename is atomic)."""
+    head, tail = os.path.split(output)
+    return os.path.join(head, f".{tail}.partial")
+
+
+def check_output_path(output: str, *, overwrite: bool, inputs: tuple[str, ...] = ()) -> None:
+    """Raise :class:`OutputError` when ``output`` cannot or must not be written."""
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise OutputError(f"{output}: output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"{output}: output directory {directory} is not writable")
+    if os.path.isdir(output):
+        raise OutputError(f"{output}: is a directory")
+    real_out = os.path.realpath(output)
+    for path in inputs:
+        if os.path.realpath(path) == real_out:
+            raise OutputError(f"{output}: output would overwrite the input {path}")
+    if os.path.exists(output) and not overwrite:
+        raise OutputError(f"{output}: already exists (use --overwrite to replace it)")
+
+
+def remove_partial(output: str) -> None:
+    """Best-effort removal of the temporary file of ``output`` (used when a run fails)."""
+    try:
+        os.unlink(partial_path(output))
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Everything the writer needs to create the output file."""
+
+    path: str
+    grid: Grid
+    band_count: int  # 3 (RGB) or 4 (RGBA)
+    creation_options: Mapping[str, str]
+    metadata: Mapping[str, str]
+
+
+class GeoTiffWriter:
+    """Writes uint8 RGB(A) windows into a tiled GeoTIFF with the inputs' CRS and geotransform."""
+
+    def __init__(self, spec: OutputSpec):
+        self.spec = spec
+        self._tmp = partial_path(spec.path)
+        driver = gdal.GetDriverByName("GTiff")
+        try:
+            self._ds = driver.Create(
+                self._tmp,
+                spec.grid.width,
+                spec.grid.height,
+                spec.band_count,
+                gdal.GDT_Byte,
+                options=as_gdal_list(spec.creation_options),
+            )
+        except RuntimeError as exc:
+            raise OutputError(f"{spec.path}: cannot create GeoTIFF: {exc}") from None
+        self._ds.SetGeoTransform(spec.grid.geotransform)
+        if spec.grid.crs_wkt:
+            self._ds.SetProjection(spec.grid.crs_wkt)
+        self._ds.SetMetadata({"TIFFTAG_SOFTWARE": f"mpi_s2 {__version__}", **dict(spec.metadata)})
+        interpretations = (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand, gdal.GCI_AlphaBand)
+        for i in range(spec.band_count):
+            band = self._ds.GetRasterBand(i + 1)
+            band.SetColorInterpretation(interpretations[i])
+            if spec.band_count == 3:
+                band.SetNoDataValue(0)  # no alpha: 0 means nodata, valid pixels are >= 1
+
+    def write(self, window: Window, block: np.ndarray) -> None:
+        """Write ``block`` (``(band_count, rows, cols)`` uint8) at ``window``."""
+        self._ds.WriteRaster(
+            *window.gdal_args(),
+            block.data,
+            buf_type=gdal.GDT_Byte,
+            band_list=list(range(1, self.spec.band_count + 1)),
+        )
+
+    def commit(self) -> None:
+        """Flush, close and move the file to its final name (replacing an existing one atomically)."""
+        try:
+            self._ds.FlushCache()
+            self._ds = None
+            os.replace(self._tmp, self.spec.path)
+        except (RuntimeError, OSError) as exc:
+            self.discard()
+            raise OutputError(f"{self.spec.path}: writing the GeoTIFF failed: {exc}") from None
+
+    def discard(self) -> None:
+        """Drop the unfinished file."""
+        self._ds = None
+        remove_partial(self.spec.path)
