@@ -45,15 +45,15 @@ demo: venv
 	  --blue $(DEMO_DIR)/scene/B02.tif -o $(DEMO_DIR)/rgb.tif --overwrite --report $(DEMO_DIR)/run.json
 	@echo "GeoTIFF: $(abspath $(DEMO_DIR))/rgb.tif   (run report: $(abspath $(DEMO_DIR))/run.json)"
 
-# Unit and process tests (these launch mpirun themselves), then the in-process MPI tests on 2 and 3 ranks.
-test: venv test-unit test-mpi
+# In-process MPI tests on 2 and 3 ranks (pytest-mpi), then unit and process tests (these launch mpirun).
+test: venv test-mpi test-unit
 
 test-unit:
-	$(PY) -m pytest -m "not mpi" tests
+	$(PY) -m pytest --color=no -m "not mpi" tests
 
 test-mpi:
 	for n in 2 3; do \
-	  timeout $(MPI_TEST_TIMEOUT) $(MPIRUN) -n $$n $(PY) -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests || exit 1; \
+	  timeout $(MPI_TEST_TIMEOUT) $(MPIRUN) -n $$n $(PY) -m pytest --color=no --with-mpi -m mpi -q -p no:cacheprovider tests || exit 1; \
 	done
 
 bench: venv

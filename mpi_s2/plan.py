@@ -15,7 +15,7 @@ from .radiometry import build_lut
 from .scheduling import assign_round_robin
 from .sources import Grid, inspect_band_set
 from .windows import Window, choose_window_size, plan_windows
-from .writer import OutputSpec, check_output_path
+from .writer import OutputSpec, check_output_path, validate_creation_options
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ def make_plan(config: ComposeConfig, worker_ranks: tuple[int, ...]) -> Plan:
     window_size = choose_window_size(block_size, grid.size, config.window)
     windows = tuple(plan_windows(grid.size, window_size))
     options = creation_options(config.profile, config.creation_options, alpha=config.alpha)
+    validate_creation_options(config.output, options, config.band_count)
     stretch = config.stretch
     metadata = {
         "MPI_S2_OFFSET": repr(stretch.offset),

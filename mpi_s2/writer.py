@@ -46,6 +46,33 @@ def check_output_path(output: str, *, overwrite: bool, inputs: tuple[str, ...] =
         raise OutputError(f"{output}: already exists (use --overwrite to replace it)")
 
 
+def validate_creation_options(output: str, options: Mapping[str, str], band_count: int) -> None:
+    """Raise :class:`OutputError` when GDAL rejects a creation option.
+
+    GDAL only warns about an unknown option or value and then ignores it; a typo would silently give another
+    file than asked for. A tiny in-memory file is created with the options and every warning is an error.
+    """
+    warnings: list[str] = []
+
+    def collect(err_class, err_no, message):
+        if err_class >= gdal.CE_Warning:
+            warnings.append(message)
+
+    probe = f"/vsimem/mpi_s2_validate_{os.getpid()}.tif"
+    gdal.PushErrorHandler(collect)
+    try:
+        ds = gdal.GetDriverByName("GTiff").Create(probe, 16, 16, band_count, gdal.GDT_Byte,
+                                                  options=as_gdal_list(options))
+        ds = None
+    except RuntimeError as exc:
+        warnings.append(str(exc))
+    finally:
+        gdal.PopErrorHandler()
+        gdal.Unlink(probe)
+    if warnings:
+        raise OutputError(f"{output}: invalid creation option: {warnings[0].strip()}")
+
+
 def remove_partial(output: str) -> None:
     """Best-effort removal of the temporary file of ``output`` (used when a run fails)."""
     try:

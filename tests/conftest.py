@@ -1,0 +1,104 @@
+"""Shared fixtures: generated rasters that make mistakes visible, an independent reference, launchers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from mpi_s2.synth import SynthOptions, synthesize
+
+gdal.UseExceptions()
+
+PYTHON = sys.executable
+MPIRUN = [shutil.which("mpirun") or "mpirun", "--allow-run-as-root", "--oversubscribe"]
+# A scene whose size is not a multiple of the window (1024) nor of the block (256): edge windows are smaller.
+SCENE_WIDTH, SCENE_HEIGHT, SCENE_BLOCK = 1300, 1100, 256
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without the variables of an enclosing MPI or Slurm launch."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("OMPI_", "PMIX_", "SLURM_", "PMI_"))}
+
+
+def run_mpi_s2(args: list[str], ranks: int | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``python -m mpi_s2 ARGS``, under ``mpirun -n ranks`` when ``ranks`` is given."""
+    launcher = [*MPIRUN, "-n", str(ranks)] if ranks else []
+    return subprocess.run([*launcher, PYTHON, "-m", "mpi_s2", *args], capture_output=True, text=True,
+                          timeout=timeout, env=clean_env())
+
+
+def compose_args(scene: dict[str, str], output: Path | str, *extra: str) -> list[str]:
+    return ["compose", "--red", scene["red"], "--green", scene["green"], "--blue", scene["blue"],
+            "-o", str(output), "-q", *extra]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("mpi_s2: error")]
+
+
+def gdal_translate_reference(scene: dict[str, str], out: Path, offset: float = 0.0, scale: float = 10000.0,
+                             max_reflectance: float = 1.0, gamma: float = 2.2) -> np.ndarray:
+    """RGB from the gdal_translate command line (DOMAIN.md section 2): an independent implementation."""
+    vrt = out.with_suffix(".vrt")
+    subprocess.run(["gdalbuildvrt", "-q", "-separate", str(vrt), scene["red"], scene["green"], scene["blue"]],
+                   check=True)
+    low = -offset
+    high = low + scale * max_reflectance
+    subprocess.run(["gdal_translate", "-q", "-ot", "Byte", "-scale", repr(low), repr(high), "0", "255",
+                    "-exponent", repr(1.0 / gamma), str(vrt), str(out)], check=True)
+    return read_array(out)
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    ds = gdal.Open(str(path))
+    return ds.ReadAsArray()
+
+
+def read_bands(scene: dict[str, str]) -> list[np.ndarray]:
+    return [read_array(scene[b]) for b in ("red", "green", "blue")]
+
+
+def write_band(path: Path, array: np.ndarray, *, geotransform=(399960.0, 10.0, 0.0, 5300040.0, 0.0, -10.0),
+               epsg: int | None = 32632, block: int = 256, compress: str = "DEFLATE",
+               data_type: int = gdal.GDT_UInt16) -> str:
+    """Write one single-band tiled GeoTIFF and return its path."""
+    ds = gdal.GetDriverByName("GTiff").Create(
+        str(path), array.shape[1], array.shape[0], 1, data_type,
+        options=["TILED=YES", f"BLOCKXSIZE={block}", f"BLOCKYSIZE={block}", f"COMPRESS={compress}"])
+    ds.SetGeoTransform(geotransform)
+    if epsg:
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(epsg)
+        ds.SetProjection(srs.ExportToWkt())
+    ds.GetRasterBand(1).WriteArray(array)
+    ds = None
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory) -> dict[str, str]:
+    """A synthetic scene of 1300 x 1100 pixels, tiled 256, DEFLATE (paths by band name)."""
+    outdir = tmp_path_factory.mktemp("scene")
+    return synthesize(str(outdir), SynthOptions(size=SCENE_WIDTH, height=SCENE_HEIGHT, block=SCENE_BLOCK,
+                                                compress="DEFLATE"))
+
+
+@pytest.fixture(scope="session")
+def reference(scene, tmp_path_factory) -> np.ndarray:
+    """gdal_translate's RGB of ``scene`` with the default stretch."""
+    return gdal_translate_reference(scene, tmp_path_factory.mktemp("ref") / "ref.tif")
+
+
+@pytest.fixture(scope="session")
+def valid(scene) -> np.ndarray:
+    """True where no band of ``scene`` is 0."""
+    bands = read_bands(scene)
+    return (bands[0] != 0) & (bands[1] != 0) & (bands[2] != 0)

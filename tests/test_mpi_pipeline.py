@@ -1,0 +1,105 @@
+"""In-process MPI tests: run by ``mpirun -n 2|3 python -m pytest --with-mpi -m mpi`` (see ``make test``).
+
+Assertions that concern one rank come after the collectives, so a failure cannot leave other ranks waiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import read_array
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+@pytest.fixture
+def comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def config_for(scene, output, **kwargs):
+    from mpi_s2.config import ComposeConfig
+
+    return ComposeConfig(red=scene["red"], green=scene["green"], blue=scene["blue"], output=str(output),
+                         progress=False, **kwargs)
+
+
+def test_scatter_gives_each_worker_exactly_its_windows(comm):
+    from mpi_s2.roles import Roles
+    from mpi_s2.scheduling import assign_round_robin, scatter_windows
+    from mpi_s2.windows import plan_windows, table_to_windows
+
+    roles = Roles(comm.rank, comm.size)
+    windows = plan_windows((1300, 1100), (256, 256))
+    queues = assign_round_robin(len(windows), roles.worker_ranks)
+    mine = scatter_windows(comm, 0, queues if comm.rank == 0 else None, windows if comm.rank == 0 else None)
+    received = table_to_windows(mine)
+    everything = comm.allgather(received)
+    assert [i for i, _ in received] == queues.get(comm.rank, [])
+    assert all(windows[i] == w for i, w in received)
+    indices = sorted(i for rank_rows in everything for i, _ in rank_rows)
+    assert indices == list(range(len(windows)))  # every window to exactly one rank
+    assert len(received) == 0 if roles.is_writer else len(received) > 0
+
+
+def test_every_rank_gets_identical_lookup_tables(comm, scene, mpi_tmp_path):
+    from mpi_s2.pipeline import broadcast_luts, broadcast_plan
+    from mpi_s2.radiometry import Stretch, build_lut
+    from mpi_s2.roles import Roles
+
+    roles = Roles(comm.rank, comm.size)
+    stretch = Stretch(offset=-1000.0, gamma=2.0)
+    plan = broadcast_plan(comm, roles, config_for(scene, mpi_tmp_path / "x.tif", stretch=stretch))
+    luts = broadcast_luts(comm, roles, plan)
+    digests = comm.allgather(zlib.crc32(np.stack(luts).tobytes()))
+    assert len(set(digests)) == 1
+    assert all(np.array_equal(lut, build_lut(stretch)) for lut in luts)
+    assert plan.windows == () or roles.is_planner  # workers learn windows only by scatter
+
+
+def test_compose_in_process_matches_reference(comm, scene, reference, valid, mpi_tmp_path):
+    from mpi_s2.pipeline import compose
+
+    out = mpi_tmp_path / "rgb.tif"
+    report = compose(config_for(scene, out, window=256), comm)
+    comm.Barrier()
+    if comm.rank != 0:
+        assert report is None
+        return
+    rgba = read_array(out)
+    assert (rgba[:3][:, valid] == reference[:, valid]).all()
+    assert (rgba[3] == np.where(valid, 255, 0)).all()
+    assert report["windows"] == 30 and report["mpi_ranks"] == comm.size
+    assert sum(r["windows"] for r in report["ranks"]) == 30
+
+
+def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_tmp_path):
+    from mpi_s2.mpi_runtime import CollectiveFailure
+    from mpi_s2.pipeline import compose
+
+    bad = dataclasses.replace(config_for(scene, mpi_tmp_path / "o.tif"), green=str(mpi_tmp_path / "nope.tif"))
+    with pytest.raises(CollectiveFailure, match="nope.tif: no such file") as info:
+        compose(bad, comm)
+    codes = comm.allgather(info.value.error.exit_code)
+    assert codes == [2] * comm.size
+    assert not (mpi_tmp_path / "o.tif").exists()
+
+
+def test_run_job_reports_once_and_returns_exit_code(comm, scene, mpi_tmp_path, capfd):
+    from mpi_s2.mpi_runtime import run_job
+    from mpi_s2.pipeline import compose
+
+    bad = dataclasses.replace(config_for(scene, mpi_tmp_path / "o.tif"), red=str(mpi_tmp_path / "missing.tif"))
+    code = run_job(lambda c: compose(bad, c), comm)
+    err = capfd.readouterr().err
+    lines = comm.gather([line for line in err.splitlines() if line.startswith("mpi_s2: error")], root=0)
+    assert code == 2
+    if comm.rank == 0:
+        assert sum(len(rank_lines) for rank_lines in lines) == 1
+        assert "missing.tif: no such file" in lines[0][0]
