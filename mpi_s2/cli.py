@@ -11,17 +11,23 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import MpiS2Error
+from .cloudmask import DEFAULT_MASK_CLASSES
+from .errors import InputError, MpiS2Error
+from .mosaic import RESAMPLING
 
 COMPOSE_EXAMPLE = """\
-example:
+examples:
   mpi-s2 synth scene --size 2048
   mpirun -n 4 .venv/bin/python -m mpi_s2 compose \\
       --red scene/B04.tif --green scene/B03.tif --blue scene/B02.tif -o rgb.tif --report run.json
+  mpirun -n 3 .venv/bin/python -m mpi_s2 compose --cloud-mask \\
+      S2A_MSIL2A_..._T32TMS_....SAFE S2B_MSIL2A_..._T32TLS_....zip -o central-switzerland.tif
 
 Rank 0 plans and then writes the GeoTIFF; every other rank reads and transforms windows.
 Per band: out = floor(255 * clip(((DN + offset) / scale) / max_reflectance, 0, 1) ** (1/gamma) + 0.5).
-Pixels where any band is 0 (nodata) are 0 in all bands and transparent in the alpha band.
+Pixels where any band is 0 (nodata) are 0 in all bands and transparent in the alpha band; DN 65535
+(saturated) is full brightness. Offsets and quantification come from each product's metadata.
+Mosaics: products first, then band sets, in the order given; where they overlap the first valid pixel wins.
 """
 
 
@@ -53,23 +59,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     compose = sub.add_parser(
-        "compose", parents=[verbosity], help="compose an RGB GeoTIFF from red, green and blue bands",
-        description="Compose a true-colour GeoTIFF from Sentinel-2 B04 (red), B03 (green), B02 (blue).",
+        "compose", parents=[verbosity], help="compose an RGB GeoTIFF from Sentinel-2 products or band files",
+        description="Compose a true-colour GeoTIFF from Sentinel-2 products (.SAFE folders or zips, L2A or "
+                    "L1C) and/or band files B04 (red), B03 (green), B02 (blue). Several inputs make one mosaic.",
         epilog=COMPOSE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bands = compose.add_argument_group("inputs")
-    bands.add_argument("--red", required=True, metavar="B04", help="red band file (uint16)")
-    bands.add_argument("--green", required=True, metavar="B03", help="green band file (uint16)")
-    bands.add_argument("--blue", required=True, metavar="B02", help="blue band file (uint16)")
+    compose.add_argument("products", nargs="*", metavar="PRODUCT",
+                         help="Sentinel-2 product: a .SAFE folder or a .zip of one (read in place)")
+    bands = compose.add_argument_group("band files (repeat the three options for each band set of a mosaic)")
+    bands.add_argument("--red", action="append", default=[], metavar="B04", help="red band file (uint16)")
+    bands.add_argument("--green", action="append", default=[], metavar="B03", help="green band file (uint16)")
+    bands.add_argument("--blue", action="append", default=[], metavar="B02", help="blue band file (uint16)")
+    bands.add_argument("--scl", action="append", default=[], metavar="SCL",
+                       help="scene classification of the band set (implies --cloud-mask)")
     compose.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     radio = compose.add_argument_group("radiometry")
     radio.add_argument("--max-reflectance", type=float, default=1.0,
-                       help="reflectance shown as full brightness (default 1.0, i.e. DN 10000)")
+                       help="reflectance shown as full brightness (default 1.0, i.e. DN 10000 without offset)")
     radio.add_argument("--gamma", type=float, default=2.2, help="display gamma (default 2.2)")
-    radio.add_argument("--offset", type=float, default=0.0,
-                       help="DN offset added before scaling (default 0; -1000 for baseline >= 04.00)")
-    radio.add_argument("--scale", type=float, default=10000.0,
-                       help="quantification value: reflectance = (DN + offset) / scale (default 10000)")
+    radio.add_argument("--offset", type=float, default=None,
+                       help="DN offset: reflectance = (DN + offset) / scale (default: product metadata, "
+                            "BOA_/RADIO_ADD_OFFSET; 0 for band files)")
+    radio.add_argument("--scale", type=float, default=None,
+                       help="quantification value (default: product metadata; 10000 for band files)")
+    select = compose.add_argument_group("products, masks and mosaics")
+    select.add_argument("--resolution", type=int, choices=(10, 20, 60), default=10,
+                        help="band resolution to read from products, metres (default 10)")
+    select.add_argument("--cloud-mask", action="store_true",
+                        help="make pixels invalid where the L2A scene classification (SCL) is a masked class")
+    select.add_argument("--mask-classes", default=",".join(map(str, DEFAULT_MASK_CLASSES)), metavar="LIST",
+                        help="SCL classes to mask (default 3,8,9,10: cloud shadow, medium and high "
+                             "probability cloud, thin cirrus)")
+    select.add_argument("--crs", help="output CRS, e.g. EPSG:32632 (default: the first input's); inputs in "
+                                      "another CRS are reprojected")
+    select.add_argument("--resampling", default="near", choices=RESAMPLING,
+                        help="resampling of reprojected inputs (default near: digital numbers stay exact)")
     out = compose.add_argument_group("output")
     out.add_argument("--no-alpha", action="store_true",
                      help="write 3 bands; valid pixels are >= 1 so that 0 means nodata (like ESA's TCI)")
@@ -93,17 +117,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def compose_config(args: argparse.Namespace):
-    from .config import ComposeConfig
+    from .cloudmask import parse_mask_classes
+    from .config import BandFiles, ComposeConfig
     from .profiles import parse_creation_option
     from .radiometry import Stretch
 
-    stretch = Stretch(offset=args.offset, scale=args.scale, max_reflectance=args.max_reflectance,
-                      gamma=args.gamma)
+    counts = {len(args.red), len(args.green), len(args.blue)}
+    if len(counts) != 1:
+        raise InputError(f"--red, --green and --blue must be given the same number of times (got "
+                         f"{len(args.red)}, {len(args.green)}, {len(args.blue)})")
+    if args.scl and len(args.scl) != len(args.red):
+        raise InputError(f"--scl must be given once per band set ({len(args.red)}), got {len(args.scl)}")
+    if not args.products and not args.red:
+        raise InputError("no input: give one or more products (.SAFE or .zip) or --red/--green/--blue files")
+    scls = args.scl or [None] * len(args.red)
+    band_sets = tuple(BandFiles(r, g, b, s) for r, g, b, s in zip(args.red, args.green, args.blue, scls))
+    # validates the stretch options once, before any MPI work
+    Stretch(offset=args.offset or 0.0, scale=args.scale or 10000.0, max_reflectance=args.max_reflectance,
+            gamma=args.gamma)
+    if args.scale is not None and args.scale <= 0:
+        raise InputError(f"--scale must be > 0, got {args.scale}")
     options = dict(parse_creation_option(text) for text in args.co)
     return ComposeConfig(
-        red=args.red, green=args.green, blue=args.blue, output=args.output, stretch=stretch,
-        alpha=not args.no_alpha, window=args.window, creation_options=options,
-        overwrite=args.overwrite, report=args.report, progress=not args.quiet,
+        output=args.output, products=tuple(args.products), band_sets=band_sets, offset=args.offset,
+        scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
+        cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
+        crs=args.crs, resampling=args.resampling, alpha=not args.no_alpha, window=args.window,
+        creation_options=options, overwrite=args.overwrite, report=args.report, progress=not args.quiet,
     )
 
 

@@ -5,17 +5,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .cloudmask import DEFAULT_MASK_CLASSES
 from .profiles import DEFAULT_PROFILE
-from .radiometry import Stretch
+
+
+@dataclass(frozen=True)
+class BandFiles:
+    """One set of plain band files (e.g. COGs), with its optional scene classification."""
+
+    red: str
+    green: str
+    blue: str
+    scl: str | None = None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.red, self.green, self.blue) + ((self.scl,) if self.scl else ())
 
 
 @dataclass(frozen=True)
 class ComposeConfig:
-    red: str
-    green: str
-    blue: str
     output: str
-    stretch: Stretch = field(default_factory=Stretch)
+    products: tuple[str, ...] = ()  # .SAFE folders or zips, mosaicked in this order
+    band_sets: tuple[BandFiles, ...] = ()  # after the products, in this order
+    offset: float | None = None  # None: from product metadata (band files: 0)
+    scale: float | None = None  # None: from product metadata (band files: 10000)
+    max_reflectance: float = 1.0
+    gamma: float = 2.2
+    resolution: int = 10
+    cloud_mask: bool = False
+    mask_classes: tuple[int, ...] = DEFAULT_MASK_CLASSES
+    crs: str | None = None
+    resampling: str = "near"
     alpha: bool = True
     window: int | None = None
     profile: str = DEFAULT_PROFILE
@@ -25,8 +46,8 @@ class ComposeConfig:
     progress: bool = True
 
     @property
-    def inputs(self) -> tuple[str, str, str]:
-        return (self.red, self.green, self.blue)
+    def input_paths(self) -> tuple[str, ...]:
+        return self.products + tuple(f for bs in self.band_sets for f in bs.files)
 
     @property
     def band_count(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator, Mapping
 
 from osgeo import gdal
@@ -25,6 +26,31 @@ def config_options(options: Mapping[str, str]) -> Iterator[None]:
     finally:
         for key, value in previous.items():
             gdal.SetConfigOption(key, value)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which Slurm and mpirun bindings restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def decoder_threads(comm, roles) -> int:
+    """GDAL decoder threads for this rank, so that decoding ranks x threads does not exceed the node's cores.
+
+    Counted per node (ranks sharing memory): the writer decodes nothing, so with one worker and the writer on
+    2 cores the worker gets 2 threads; with two workers, 1 each.
+    """
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        workers_here = node.allreduce(1 if roles.is_worker else 0)
+        cores = node.allreduce(available_cores(), op=MPI.MAX)
+    finally:
+        node.Free()
+    return max(1, cores // max(1, workers_here))
 
 
 def rank_options(decoder_threads: int = 1, cache_mb: int = DEFAULT_CACHE_MB) -> dict[str, str]:

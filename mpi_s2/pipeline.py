@@ -20,15 +20,16 @@ from mpi4py import MPI
 
 from .config import ComposeConfig
 from .errors import MpiS2Error
-from .gdal_env import config_options, rank_options
+from .gdal_env import config_options, decoder_threads, rank_options
 from .mpi_runtime import CollectiveFailure
 from .plan import Plan, make_plan, plan_luts
 from .progress import Progress
-from .radiometry import LUT_SIZE, render_window
+from .cloudmask import invalid_class_lut
+from .radiometry import LUT_SIZE
+from .render import WindowRenderer
 from .report import RankStats, build_report, write_report
 from .roles import PLANNER_RANK, WRITER_RANK, Roles
 from .scheduling import scatter_windows
-from .sources import BandSetReader
 from .transport import SLOTS, BlockReceiver, BlockSender
 from .windows import Window, table_to_windows
 from .writer import GeoTiffWriter, remove_partial
@@ -84,37 +85,34 @@ def broadcast_plan(comm: MPI.Comm, roles: Roles, config: ComposeConfig) -> Plan:
     return outcome if roles.is_planner else shared  # type: ignore[return-value]
 
 
-def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    luts = plan_luts(plan) if roles.is_planner else np.empty((3, LUT_SIZE), dtype=np.uint8)
+def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> np.ndarray:
+    """The planner's ``(n_sources, 3, 65536)`` lookup tables on every rank (one ``Bcast`` of a uint8 buffer)."""
+    luts = plan_luts(plan) if roles.is_planner else np.empty((len(plan.sources), 3, LUT_SIZE), dtype=np.uint8)
     comm.Bcast([luts, MPI.UINT8_T], root=PLANNER_RANK)
-    return (luts[0], luts[1], luts[2])
+    return luts
 
 
-def run_worker(plan: Plan, luts, windows: list[Window], sink: BlockSink, stats: RankStats) -> None:
+def run_worker(plan: Plan, luts: np.ndarray, windows: list[Window], sink: BlockSink, stats: RankStats) -> None:
     """Read, transform and hand over each of ``windows``; buffers are allocated once."""
     if not windows:
         return
     bands_out = plan.config.band_count
     max_pixels = max(w.size for w in windows)
-    reader = BandSetReader(plan.config.inputs)
-    in_bufs = [np.empty(max_pixels, dtype=np.uint16) for _ in range(3)]
+    mask_lut = invalid_class_lut(plan.config.mask_classes) if plan.config.cloud_mask else None
+    renderer = WindowRenderer(plan.sources, luts, alpha=plan.config.alpha, mask_lut=mask_lut,
+                              max_pixels=max_pixels)
     out_bufs = [np.empty(bands_out * max_pixels, dtype=np.uint8) for _ in range(SLOTS)]
     for k, window in enumerate(windows):
         slot = k % SLOTS
         with stats.timer("wait"):
             sink.acquire(slot)
-        bands = tuple(buf[: window.size].reshape(window.shape) for buf in in_bufs)
-        with stats.timer("read"):
-            reader.read(window, bands)  # type: ignore[arg-type]
         block = out_bufs[slot][: bands_out * window.size].reshape(bands_out, *window.shape)
-        with stats.timer("compute"):
-            render_window(bands, luts, block, alpha=plan.config.alpha)  # type: ignore[arg-type]
+        renderer.render(window, block, stats)
         sink.deliver(slot, window, block)
         stats.windows += 1
         stats.pixels += window.size
     with stats.timer("wait"):
         sink.close()
-    reader.close()
 
 
 def run_writer(comm: MPI.Comm, plan: Plan, stats: RankStats, progress: Progress) -> None:
@@ -147,12 +145,26 @@ def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress) -> None:
         raise
 
 
+def _describe_source(source) -> dict[str, Any]:
+    return {
+        "input": source.label,
+        "files": {"red": source.files[0], "green": source.files[1], "blue": source.files[2], "scl": source.scl},
+        "placement": dataclasses.asdict(source.placement),
+        "reprojected": source.reprojected,
+        "radiometry": {band: {"offset": s.offset, "quantification": s.scale}
+                       for band, s in zip(("B04", "B03", "B02"), source.stretches)},
+        "radiometry_note": source.radiometry_note,
+    }
+
+
 def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     """Run the compose pipeline on ``comm``. Returns the run report on rank 0, ``None`` elsewhere."""
     start = time.perf_counter()
     roles = Roles(comm.rank, comm.size)
     stats = RankStats(comm.rank, roles.describe())
-    with config_options(rank_options()):
+    threads = decoder_threads(comm, roles)
+    stats.decoder_threads = threads
+    with config_options(rank_options(threads)):
         plan = broadcast_plan(comm, roles, config)
         try:
             luts = broadcast_luts(comm, roles, plan)
@@ -177,14 +189,20 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     wall = time.perf_counter() - start
     summary = {
         "output": config.output,
-        "inputs": {"red": config.red, "green": config.green, "blue": config.blue},
+        "inputs": [_describe_source(s) for s in plan.sources],
         "size": list(plan.grid.size),
+        "geotransform": list(plan.grid.geotransform),
         "window_size": list(plan.window_size),
         "block_size": list(plan.block_size),
         "windows": len(plan.windows),
+        "empty_windows_skipped": plan.empty_windows,
         "pixels": plan.grid.width * plan.grid.height,
         "mpi_ranks": comm.size,
-        "stretch": dataclasses.asdict(config.stretch),
+        "max_reflectance": config.max_reflectance,
+        "gamma": config.gamma,
+        "cloud_mask_classes": list(config.mask_classes) if config.cloud_mask else None,
+        "resampling": config.resampling if any(s.reprojected for s in plan.sources) else None,
+        "overlap_rule": "first valid pixel in input order",
         "alpha": config.alpha,
         "creation_options": dict(plan.output.creation_options),
     }

@@ -1,20 +1,26 @@
-"""The planner's work: inspect inputs, check the output, cut the raster into windows, assign them.
+"""The planner's work: resolve inputs, check the output, lay out the mosaic, cut it into windows, assign them.
 
-Runs on rank 0 only; the resulting :class:`Plan` (small metadata, no pixels) is broadcast to every rank.
+Runs on rank 0 only; the resulting :class:`Plan` (small metadata, no pixels) is broadcast to every rank,
+without its window list: each worker learns its windows from the scatter.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import ComposeConfig
+from .errors import InputError
+from .metadata import RGB_BANDS
+from .mosaic import TileInput, TileSource, layout_mosaic
+from .products import open_product
 from .profiles import creation_options
-from .radiometry import build_lut
+from .radiometry import LUT_SIZE, Stretch, build_lut
 from .scheduling import assign_round_robin
-from .sources import Grid, inspect_band_set
-from .windows import Window, choose_window_size, plan_windows
+from .sources import Grid
+from .windows import Window, choose_window_size, intersection, plan_windows
 from .writer import OutputSpec, check_output_path, validate_creation_options
 
 
@@ -22,39 +28,80 @@ from .writer import OutputSpec, check_output_path, validate_creation_options
 class Plan:
     config: ComposeConfig
     grid: Grid
+    sources: tuple[TileSource, ...]
     block_size: tuple[int, int]
     window_size: tuple[int, int]
-    windows: tuple[Window, ...]
+    windows: tuple[Window, ...]  # only the windows that some input covers
     queues: dict[int, list[int]]
     output: OutputSpec
+    empty_windows: int  # windows no input covers: never read, left as nodata
 
-    @property
-    def max_window_pixels(self) -> int:
-        return max(w.size for w in self.windows)
+
+def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
+    return Stretch(offset=offset if config.offset is None else config.offset,
+                   scale=scale if config.scale is None else config.scale,
+                   max_reflectance=config.max_reflectance, gamma=config.gamma)
+
+
+def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
+    """Products and band sets as :class:`TileInput`, in mosaic order, with their radiometry."""
+    if not config.products and not config.band_sets:
+        raise InputError("no input: give one or more products (.SAFE or .zip) or --red/--green/--blue files")
+    tiles: list[TileInput] = []
+    products = [open_product(p) for p in config.products]
+    levels = {p.level for p in products}
+    if len(levels) > 1:
+        first = {lvl: next(p.path for p in products if p.level == lvl) for lvl in sorted(levels)}
+        raise InputError("cannot mix L1C and L2A products in one mosaic: "
+                         + ", ".join(f"{path} is {lvl}" for lvl, path in first.items()))
+    for product in products:
+        md = product.metadata
+        stretches = tuple(_stretch(config, md.radiometry[b].offset, md.radiometry[b].quantification)
+                          for b in RGB_BANDS)
+        source = "metadata" if config.offset is None and config.scale is None else "metadata, overridden by options"
+        note = (f"{md.level} baseline {md.baseline}: offsets "
+                f"{'/'.join(f'{s.offset:g}' for s in stretches)} (B04/B03/B02), quantification "
+                f"{stretches[0].scale:g}, from {source}")
+        scl = product.scl_file(config.resolution) if config.cloud_mask else None
+        tiles.append(TileInput(product.path, product.rgb_files(config.resolution), scl, stretches, note))  # type: ignore[arg-type]
+    for bands in config.band_sets:
+        if config.cloud_mask and not bands.scl:
+            raise InputError(f"{bands.red}: --cloud-mask with band files needs --scl FILE for each band set")
+        stretch = _stretch(config, 0.0, 10000.0)
+        note = f"band files: offset {stretch.offset:g}, scale {stretch.scale:g}, from options"
+        files = tuple(os.path.abspath(f) for f in (bands.red, bands.green, bands.blue))
+        scl = os.path.abspath(bands.scl) if bands.scl and config.cloud_mask else None
+        tiles.append(TileInput(bands.red, files, scl, (stretch, stretch, stretch), note))  # type: ignore[arg-type]
+    return tiles
 
 
 def make_plan(config: ComposeConfig, worker_ranks: tuple[int, ...]) -> Plan:
     """Check everything that can be checked before any pixel is read, and plan the run."""
-    check_output_path(config.output, overwrite=config.overwrite, inputs=config.inputs)
-    grid, infos = inspect_band_set(config.inputs)
-    block_size = infos[0].block_size
+    check_output_path(config.output, overwrite=config.overwrite, inputs=config.input_paths)
+    tiles = resolve_inputs(config)
+    grid, sources, block_size = layout_mosaic(tiles, config.crs, config.resampling)
     window_size = choose_window_size(block_size, grid.size, config.window)
-    windows = tuple(plan_windows(grid.size, window_size))
+    all_windows = plan_windows(grid.size, window_size)
+    windows = tuple(w for w in all_windows if any(intersection(w, s.placement) for s in sources))
     options = creation_options(config.profile, config.creation_options, alpha=config.alpha)
     validate_creation_options(config.output, options, config.band_count)
-    stretch = config.stretch
     metadata = {
-        "MPI_S2_OFFSET": repr(stretch.offset),
-        "MPI_S2_SCALE": repr(stretch.scale),
-        "MPI_S2_MAX_REFLECTANCE": repr(stretch.max_reflectance),
-        "MPI_S2_GAMMA": repr(stretch.gamma),
+        "MPI_S2_MAX_REFLECTANCE": repr(config.max_reflectance),
+        "MPI_S2_GAMMA": repr(config.gamma),
+        "MPI_S2_RADIOMETRY": " | ".join(f"{s.label}: {s.radiometry_note}" for s in sources),
     }
+    if config.cloud_mask:
+        metadata["MPI_S2_MASKED_SCL_CLASSES"] = ",".join(map(str, config.mask_classes))
     output = OutputSpec(config.output, grid, config.band_count, options, metadata)
     queues = assign_round_robin(len(windows), worker_ranks)
-    return Plan(config, grid, block_size, window_size, windows, queues, output)
+    return Plan(config, grid, tuple(sources), block_size, window_size, windows, queues, output,
+                empty_windows=len(all_windows) - len(windows))
 
 
 def plan_luts(plan: Plan) -> np.ndarray:
-    """The ``(3, 65536)`` uint8 lookup tables (red, green, blue), built once by the planner."""
-    lut = build_lut(plan.config.stretch, reserve_zero=not plan.config.alpha)
-    return np.ascontiguousarray(np.stack([lut, lut, lut]))
+    """``(n_sources, 3, 65536)`` uint8 lookup tables (red, green, blue per source), built once by the planner."""
+    luts = np.empty((len(plan.sources), 3, LUT_SIZE), dtype=np.uint8)
+    for i, source in enumerate(plan.sources):
+        for b, stretch in enumerate(source.stretches):
+            luts[i, b] = build_lut(stretch, reserve_zero=not plan.config.alpha)
+    return luts

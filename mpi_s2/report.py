@@ -22,6 +22,7 @@ class RankStats:
     windows: int = 0
     pixels: int = 0
     peak_rss_mb: float = 0.0
+    decoder_threads: int = 1
 
     @contextlib.contextmanager
     def timer(self, phase: str) -> Iterator[None]:

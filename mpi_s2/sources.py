@@ -116,28 +116,54 @@ def inspect_band_set(paths: tuple[str, str, str]) -> tuple[Grid, tuple[BandInfo,
     return first.grid, infos
 
 
-class BandSetReader:
-    """Reads windows of the red, green and blue files into caller-provided uint16 buffers.
+def inspect_mask(path: str) -> BandInfo:
+    """Open a scene classification (SCL) file: one uint8 band."""
+    ds = open_dataset(path)
+    band = ds.GetRasterBand(1)
+    if band.DataType != gdal.GDT_Byte:
+        raise InputError(f"{path}: scene classification band is {gdal.GetDataTypeName(band.DataType)}, "
+                         "expected Byte (SCL classes 0..11)")
+    grid = Grid(ds.RasterXSize, ds.RasterYSize, tuple(ds.GetGeoTransform()), ds.GetProjection() or "")  # type: ignore
+    return BandInfo(path=path, grid=grid, block_size=tuple(band.GetBlockSize()), data_type="Byte")  # type: ignore
 
-    Holds its own dataset handles (the dataset, not only the band, must stay referenced while reading).
+
+class TileReader:
+    """Reads windows of one source's red, green, blue (and SCL) into caller-provided buffers.
+
+    Each worker opens its own handles, and keeps the datasets referenced while it reads their bands.
+    Window coordinates are the source's own pixel coordinates.
     """
 
-    def __init__(self, paths: tuple[str, str, str]):
-        self.paths = paths
-        self._datasets = [open_dataset(p) for p in paths]
+    def __init__(self, files: tuple[str, ...], datasets: tuple[str, ...], mask_file: str | None = None,
+                 mask_dataset: str | None = None):
+        self.files = files + ((mask_file,) if mask_file else ())
+        self._datasets = [self._open(f, d) for f, d in zip(self.files, datasets + ((mask_dataset,) if mask_dataset else ()))]
         self._bands = [ds.GetRasterBand(1) for ds in self._datasets]
+        self.has_mask = mask_dataset is not None
+
+    @staticmethod
+    def _open(file: str, dataset: str) -> gdal.Dataset:
+        if dataset == file:
+            return open_dataset(file)
+        try:
+            return gdal.Open(dataset, gdal.GA_ReadOnly)
+        except RuntimeError as exc:
+            raise InputError(f"{file}: cannot be opened for reprojection ({_gdal_reason(exc)})") from None
+
+    def _read(self, i: int, window: Window, buf: np.ndarray) -> None:
+        try:
+            self._bands[i].ReadAsArray(*window.gdal_args(), buf_obj=buf)
+        except RuntimeError as exc:
+            raise InputError(
+                f"{self.files[i]}: reading pixels at column {window.col_off}, row {window.row_off} "
+                f"({window.width} x {window.height}) failed: {_gdal_reason(exc)}"
+            ) from None
 
     def read(self, window: Window, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Fill ``out`` (three ``window.shape`` uint16 arrays) with the window of each band."""
-        for path, band, buf in zip(self.paths, self._bands, out):
-            try:
-                band.ReadAsArray(*window.gdal_args(), buf_obj=buf)
-            except RuntimeError as exc:
-                raise InputError(
-                    f"{path}: reading pixels at column {window.col_off}, row {window.row_off} "
-                    f"({window.width} x {window.height}) failed: {_gdal_reason(exc)}"
-                ) from None
+        """Fill ``out`` (three ``window.shape`` uint16 arrays) with red, green and blue."""
+        for i, buf in enumerate(out):
+            self._read(i, window, buf)
 
-    def close(self) -> None:
-        self._bands = []
-        self._datasets = []
+    def read_mask(self, window: Window, out: np.ndarray) -> None:
+        """Fill ``out`` (``window.shape`` uint8) with the scene classification."""
+        self._read(3, window, out)

@@ -129,3 +129,18 @@ def table_to_windows(table: np.ndarray) -> list[tuple[int, Window]]:
     if table.ndim != 2 or table.shape[1] != len(TABLE_COLUMNS):
         raise WindowError(f"window table must have shape (n, {len(TABLE_COLUMNS)}), got {table.shape}")
     return [(int(r[0]), Window(int(r[1]), int(r[2]), int(r[3]), int(r[4]))) for r in table]
+
+
+def intersection(a: Window, b: Window) -> Window | None:
+    """The overlap of two windows, or None when they do not overlap."""
+    col0, row0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
+    col1 = min(a.col_off + a.width, b.col_off + b.width)
+    row1 = min(a.row_off + a.height, b.row_off + b.height)
+    if col1 <= col0 or row1 <= row0:
+        return None
+    return Window(col0, row0, col1 - col0, row1 - row0)
+
+
+def relative_to(inner: Window, outer: Window) -> Window:
+    """``inner`` in the pixel coordinates of ``outer`` (whose upper-left corner becomes 0, 0)."""
+    return Window(inner.col_off - outer.col_off, inner.row_off - outer.row_off, inner.width, inner.height)

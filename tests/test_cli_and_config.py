@@ -3,10 +3,11 @@
 import pytest
 
 from mpi_s2.cli import build_parser, compose_config
+from mpi_s2.cloudmask import parse_mask_classes
+from mpi_s2.config import BandFiles
 from mpi_s2.errors import InputError, LaunchError
 from mpi_s2.mpi_runtime import check_launch
 from mpi_s2.profiles import creation_options, parse_creation_option
-from mpi_s2.radiometry import Stretch
 
 BANDS = ["--red", "r.tif", "--green", "g.tif", "--blue", "b.tif", "-o", "out.tif"]
 
@@ -17,8 +18,10 @@ def parse(*extra):
 
 def test_defaults():
     config = parse()
-    assert config.inputs == ("r.tif", "g.tif", "b.tif")
-    assert config.stretch == Stretch(offset=0.0, scale=10000.0, max_reflectance=1.0, gamma=2.2)
+    assert config.band_sets == (BandFiles("r.tif", "g.tif", "b.tif"),) and config.products == ()
+    assert config.offset is None and config.scale is None  # from product metadata; 0 / 10000 for band files
+    assert (config.max_reflectance, config.gamma, config.resolution) == (1.0, 2.2, 10)
+    assert not config.cloud_mask and config.mask_classes == (3, 8, 9, 10) and config.resampling == "near"
     assert config.alpha and config.band_count == 4
     assert config.window is None and not config.overwrite and config.report is None
 
@@ -27,7 +30,7 @@ def test_all_options():
     config = parse("--max-reflectance", "0.3", "--gamma", "1.8", "--offset", "-1000", "--scale", "10000",
                    "--no-alpha", "--window", "512", "--co", "compress=deflate", "--co", "ZLEVEL=6",
                    "--overwrite", "--report", "run.json", "-q")
-    assert config.stretch == Stretch(offset=-1000.0, scale=10000.0, max_reflectance=0.3, gamma=1.8)
+    assert (config.offset, config.scale, config.max_reflectance, config.gamma) == (-1000.0, 10000.0, 0.3, 1.8)
     assert not config.alpha and config.band_count == 3
     assert config.window == 512 and config.overwrite and config.report == "run.json"
     assert dict(config.creation_options) == {"COMPRESS": "deflate", "ZLEVEL": "6"}
@@ -42,11 +45,36 @@ def test_bad_values_exit_2(extra, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_missing_band_exits_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["compose", "--red", "r.tif", "-o", "o.tif"])
-    assert exc.value.code == 2
-    assert "--green" in capsys.readouterr().err
+def test_products_mosaic_and_mask_options():
+    args = build_parser().parse_args(["compose", "a.SAFE", "b.zip", "-o", "o.tif", "--cloud-mask",
+                                      "--mask-classes", "9,8", "--resolution", "20", "--crs", "EPSG:32632",
+                                      "--red", "r.tif", "--green", "g.tif", "--blue", "b.tif", "--scl", "s.tif",
+                                      "--red", "r2.tif", "--green", "g2.tif", "--blue", "b2.tif", "--scl", "s2.tif"])
+    config = compose_config(args)
+    assert config.products == ("a.SAFE", "b.zip") and config.resolution == 20 and config.crs == "EPSG:32632"
+    assert config.band_sets[1] == BandFiles("r2.tif", "g2.tif", "b2.tif", "s2.tif")
+    assert config.cloud_mask and config.mask_classes == (8, 9)
+
+
+def test_scl_implies_cloud_mask():
+    assert parse("--scl", "s.tif").cloud_mask
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--red", "r.tif", "--green", "g.tif", "--blue", "b.tif", "--red", "x.tif"], "same number of times"),
+    (BANDS + ["--scl", "a.tif", "--scl", "b.tif"], "once per band set"),
+    (["-o", "out.tif"], "no input"),
+    (BANDS + ["--mask-classes", "3,12"], "SCL classes are 0..11"),
+    (BANDS + ["--mask-classes", "clouds"], "comma-separated"),
+])
+def test_inconsistent_inputs_are_input_errors(argv, message):
+    argv = argv if "-o" in argv else argv + ["-o", "out.tif"]
+    with pytest.raises(InputError, match=message):
+        compose_config(build_parser().parse_args(["compose", *argv]))
+
+
+def test_mask_classes_sorted_unique():
+    assert parse_mask_classes("10, 3,3,9") == (3, 9, 10)
 
 
 def test_invalid_gamma_is_input_error():

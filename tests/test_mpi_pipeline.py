@@ -5,7 +5,6 @@ Assertions that concern one rank come after the collectives, so a failure cannot
 
 from __future__ import annotations
 
-import dataclasses
 import zlib
 
 import numpy as np
@@ -24,10 +23,10 @@ def comm():
 
 
 def config_for(scene, output, **kwargs):
-    from mpi_s2.config import ComposeConfig
+    from mpi_s2.config import BandFiles, ComposeConfig
 
-    return ComposeConfig(red=scene["red"], green=scene["green"], blue=scene["blue"], output=str(output),
-                         progress=False, **kwargs)
+    bands = kwargs.pop("bands", BandFiles(scene["red"], scene["green"], scene["blue"]))
+    return ComposeConfig(output=str(output), band_sets=(bands,), progress=False, **kwargs)
 
 
 def test_scatter_gives_each_worker_exactly_its_windows(comm):
@@ -54,12 +53,11 @@ def test_every_rank_gets_identical_lookup_tables(comm, scene, mpi_tmp_path):
     from mpi_s2.roles import Roles
 
     roles = Roles(comm.rank, comm.size)
-    stretch = Stretch(offset=-1000.0, gamma=2.0)
-    plan = broadcast_plan(comm, roles, config_for(scene, mpi_tmp_path / "x.tif", stretch=stretch))
+    plan = broadcast_plan(comm, roles, config_for(scene, mpi_tmp_path / "x.tif", offset=-1000.0, gamma=2.0))
     luts = broadcast_luts(comm, roles, plan)
-    digests = comm.allgather(zlib.crc32(np.stack(luts).tobytes()))
-    assert len(set(digests)) == 1
-    assert all(np.array_equal(lut, build_lut(stretch)) for lut in luts)
+    digests = comm.allgather(zlib.crc32(luts.tobytes()))
+    assert len(set(digests)) == 1 and luts.shape == (1, 3, 65536)
+    assert all(np.array_equal(lut, build_lut(Stretch(offset=-1000.0, gamma=2.0))) for lut in luts[0])
     assert plan.windows == () or roles.is_planner  # workers learn windows only by scatter
 
 
@@ -83,7 +81,10 @@ def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_t
     from mpi_s2.mpi_runtime import CollectiveFailure
     from mpi_s2.pipeline import compose
 
-    bad = dataclasses.replace(config_for(scene, mpi_tmp_path / "o.tif"), green=str(mpi_tmp_path / "nope.tif"))
+    from mpi_s2.config import BandFiles
+
+    bad = config_for(scene, mpi_tmp_path / "o.tif",
+                     bands=BandFiles(scene["red"], str(mpi_tmp_path / "nope.tif"), scene["blue"]))
     with pytest.raises(CollectiveFailure, match="nope.tif: no such file") as info:
         compose(bad, comm)
     codes = comm.allgather(info.value.error.exit_code)
@@ -95,7 +96,10 @@ def test_run_job_reports_once_and_returns_exit_code(comm, scene, mpi_tmp_path, c
     from mpi_s2.mpi_runtime import run_job
     from mpi_s2.pipeline import compose
 
-    bad = dataclasses.replace(config_for(scene, mpi_tmp_path / "o.tif"), red=str(mpi_tmp_path / "missing.tif"))
+    from mpi_s2.config import BandFiles
+
+    bad = config_for(scene, mpi_tmp_path / "o.tif",
+                     bands=BandFiles(str(mpi_tmp_path / "missing.tif"), scene["green"], scene["blue"]))
     code = run_job(lambda c: compose(bad, c), comm)
     err = capfd.readouterr().err
     lines = comm.gather([line for line in err.splitlines() if line.startswith("mpi_s2: error")], root=0)

@@ -1,0 +1,35 @@
+"""Cloud masking with the L2A scene classification (SCL): which classes make a pixel invalid."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+SCL_CLASSES = {
+    0: "no data", 1: "saturated or defective", 2: "dark area / cast shadow", 3: "cloud shadow",
+    4: "vegetation", 5: "not vegetated", 6: "water", 7: "unclassified", 8: "cloud medium probability",
+    9: "cloud high probability", 10: "thin cirrus", 11: "snow or ice",
+}
+#: Cloud shadow, medium and high probability cloud, thin cirrus.
+DEFAULT_MASK_CLASSES = (3, 8, 9, 10)
+
+
+def parse_mask_classes(text: str) -> tuple[int, ...]:
+    """``'3,8,9,10'`` -> ``(3, 8, 9, 10)``; every class must be an SCL class."""
+    try:
+        classes = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise InputError(f"--mask-classes {text!r}: expected comma-separated SCL classes, e.g. 3,8,9,10") from None
+    unknown = [c for c in classes if c not in SCL_CLASSES]
+    if unknown or not classes:
+        raise InputError(f"--mask-classes {text!r}: SCL classes are 0..11 "
+                         f"({', '.join(f'{k} {v}' for k, v in SCL_CLASSES.items())})")
+    return classes
+
+
+def invalid_class_lut(classes: tuple[int, ...]) -> np.ndarray:
+    """A 256-entry boolean table: ``lut[scl]`` is True where the class is masked."""
+    lut = np.zeros(256, dtype=bool)
+    lut[list(classes)] = True
+    return lut

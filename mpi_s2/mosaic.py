@@ -1,0 +1,157 @@
+"""Mosaic layout: one output grid for all inputs, and where each input lies on it.
+
+* Inputs on the output CRS and pixel grid (tiles of one UTM zone share the 10 m grid) are read in place:
+  integer offsets, no resampling.
+* Inputs in another CRS (another UTM zone, or ``--crs``) are reprojected on the fly by a warped VRT onto the
+  output grid, with the resampling method the user chose (nearest by default: digital numbers stay exact).
+* The scene classification (20 m) is put onto each input's 10 m grid by nearest neighbour in a warped VRT,
+  which takes, for every 10 m pixel, the 20 m pixel that contains its centre.
+Where inputs overlap, the first valid pixel in the given order wins (see :mod:`mpi_s2.render`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from osgeo import gdal, osr
+
+from .errors import InputError
+from .radiometry import Stretch
+from .sources import BandInfo, Grid, inspect_band_set, inspect_mask, same_crs
+from .windows import Window
+
+gdal.UseExceptions()
+
+RESAMPLING = ("near", "bilinear", "cubic", "average", "mode")
+
+
+@dataclass(frozen=True)
+class TileInput:
+    """One input (a product or a band set) as resolved by the planner, before it is placed."""
+
+    label: str
+    files: tuple[str, str, str]  # red, green, blue: GDAL paths
+    scl: str | None
+    stretches: tuple[Stretch, Stretch, Stretch]
+    radiometry_note: str
+
+
+@dataclass(frozen=True)
+class TileSource:
+    """An input placed on the output grid: what every worker opens for itself."""
+
+    label: str
+    files: tuple[str, str, str]  # real files, for messages
+    datasets: tuple[str, str, str]  # what GDAL opens: the files, or warped VRT XML onto the output grid
+    scl: str | None
+    mask_dataset: str | None  # SCL on this source's grid (VRT XML)
+    placement: Window  # the source's pixels in output-grid coordinates
+    stretches: tuple[Stretch, Stretch, Stretch]
+    radiometry_note: str
+    reprojected: bool
+
+
+def _srs(wkt_or_user: str, label: str) -> osr.SpatialReference:
+    srs = osr.SpatialReference()
+    try:
+        if wkt_or_user.lstrip().startswith(("PROJCS", "GEOGCS", "PROJCRS", "GEOGCRS", "COMPOUNDCRS", "BOUNDCRS")):
+            srs.ImportFromWkt(wkt_or_user)
+        else:
+            srs.SetFromUserInput(wkt_or_user)
+    except RuntimeError:
+        raise InputError(f"{label}: {wkt_or_user!r} is not a coordinate reference system GDAL knows") from None
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
+
+
+def _bounds(grid: Grid) -> tuple[float, float, float, float]:
+    x0, dx, _, y0, _, dy = grid.geotransform
+    return (x0, y0 + dy * grid.height, x0 + dx * grid.width, y0)
+
+
+def _warp_xml(source: str, srs_wkt: str, bounds, res: float, resampling: str) -> str:
+    options = gdal.WarpOptions(format="VRT", dstSRS=srs_wkt, outputBounds=bounds, xRes=res, yRes=res,
+                               resampleAlg=resampling, srcNodata=0, dstNodata=0, multithread=False)
+    ds = gdal.Warp("", source, options=options)
+    return ds.GetMetadata("xml:VRT")[0]
+
+
+def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "near"
+                  ) -> tuple[Grid, list[TileSource], tuple[int, int]]:
+    """Output grid, placed sources and the block size windows should align with."""
+    if resampling not in RESAMPLING:
+        raise InputError(f"--resampling {resampling!r}: choose one of {', '.join(RESAMPLING)}")
+    inspected: list[tuple[Grid, tuple[BandInfo, ...]]] = [inspect_band_set(t.files) for t in tiles]
+    for tile in tiles:
+        if tile.scl:
+            inspect_mask(tile.scl)
+    first_grid, first_infos = inspected[0]
+    target = _srs(crs, "--crs") if crs else _srs(first_grid.crs_wkt, tiles[0].label) if first_grid.crs_wkt else None
+    if target is None and len(tiles) > 1:
+        raise InputError(f"{tiles[0].label}: has no CRS, so it cannot be mosaicked")
+    target_wkt = target.ExportToWkt() if target is not None else ""
+    gt0 = first_grid.geotransform
+    res = abs(gt0[1])
+    square_north_up = abs(abs(gt0[5]) - res) <= 1e-9 * res and not gt0[2] and not gt0[4]
+    if not square_north_up and (len(tiles) > 1 or crs):
+        raise InputError(f"{tiles[0].label}: pixels are not square and north-up; cannot mosaic or reproject it")
+
+    def aligned(grid: Grid) -> bool:
+        gt = grid.geotransform
+        return (same_crs(grid.crs_wkt, target_wkt) and not gt[2] and not gt[4]
+                and abs(gt[1] - res) <= 1e-9 * res and abs(-gt[5] - res) <= 1e-9 * res)
+
+    if aligned(first_grid) or target is None:
+        origin = (first_grid.geotransform[0], first_grid.geotransform[3])
+    else:
+        src = _srs(first_grid.crs_wkt, tiles[0].label)
+        minx, miny, maxx, maxy = osr.CoordinateTransformation(src, target).TransformBounds(*_bounds(first_grid), 21)
+        origin = (math.floor(minx / res) * res, math.ceil(maxy / res) * res)
+
+    placed: list[tuple[TileInput, Window, tuple[str, str, str], str | None, bool]] = []
+    for tile, (grid, _infos) in zip(tiles, inspected):
+        gt = grid.geotransform
+        col = (gt[0] - origin[0]) / res
+        row = (origin[1] - gt[3]) / res
+        on_grid = target is None or (aligned(grid) and abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6)
+        if on_grid:
+            placement = Window(round(col), round(row), grid.width, grid.height)
+            datasets = tile.files
+            reprojected = False
+        else:
+            src = _srs(grid.crs_wkt, tile.label)
+            minx, miny, maxx, maxy = osr.CoordinateTransformation(src, target).TransformBounds(*_bounds(grid), 21)
+            c0, c1 = math.floor((minx - origin[0]) / res), math.ceil((maxx - origin[0]) / res)
+            r0, r1 = math.floor((origin[1] - maxy) / res), math.ceil((origin[1] - miny) / res)
+            placement = Window(c0, r0, c1 - c0, r1 - r0)
+            datasets = tuple(_warp_xml(f, target_wkt, _placement_bounds(placement, origin, res), res, resampling)
+                             for f in tile.files)  # type: ignore[assignment]
+            reprojected = True
+        mask = None
+        if tile.scl:
+            mask = _warp_xml(tile.scl, target_wkt or grid.crs_wkt,
+                             _placement_bounds(placement, origin, res) if target is not None else _bounds(grid),
+                             res, "near")
+        placed.append((tile, placement, datasets, mask, reprojected))
+
+    min_col = min(p[1].col_off for p in placed)
+    min_row = min(p[1].row_off for p in placed)
+    width = max(p[1].col_off + p[1].width for p in placed) - min_col
+    height = max(p[1].row_off + p[1].height for p in placed) - min_row
+    geotransform = (origin[0] + min_col * res, res, 0.0, origin[1] - min_row * res, 0.0, -res)
+    if target is None:
+        geotransform = first_grid.geotransform
+    grid = Grid(width, height, geotransform, target_wkt)
+    sources = [
+        TileSource(label=tile.label, files=tile.files, datasets=datasets, scl=tile.scl, mask_dataset=mask,
+                   placement=Window(p.col_off - min_col, p.row_off - min_row, p.width, p.height),
+                   stretches=tile.stretches, radiometry_note=tile.radiometry_note, reprojected=reprojected)
+        for tile, p, datasets, mask, reprojected in placed
+    ]
+    return grid, sources, first_infos[0].block_size
+
+
+def _placement_bounds(w: Window, origin: tuple[float, float], res: float) -> tuple[float, float, float, float]:
+    return (origin[0] + w.col_off * res, origin[1] - (w.row_off + w.height) * res,
+            origin[0] + (w.col_off + w.width) * res, origin[1] - w.row_off * res)
