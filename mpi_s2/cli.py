@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=_positive_int, help="height in pixels (default: --size)")
     synth.add_argument("--block", type=_positive_int, default=512, help="tile size (default 512)")
     synth.add_argument("--compress", default="NONE", help="GeoTIFF compression (default NONE)")
+    product = synth.add_argument_group("SAFE product (instead of band files)")
+    product.add_argument("--product", action="store_true",
+                         help="write an L2A product in SAFE layout: JPEG 2000 bands at 10/20/60 m, SCL, metadata")
+    product.add_argument("--zip", action="store_true", help="zip the product (implies --product)")
+    product.add_argument("--baseline", default="05.09",
+                         help="processing baseline (default 05.09: offset -1000; before 04.00: no offset)")
+    product.add_argument("--tile", default="32TMS", help="MGRS tile name (default 32TMS)")
+    product.add_argument("--epsg", type=int, default=32632, help="UTM CRS of the tile (default 32632)")
+    product.add_argument("--origin", type=float, nargs=2, metavar=("X", "Y"), default=(399960.0, 5300040.0),
+                         help="upper-left corner (default: tile 32TMS, 399960 5300040)")
+    product.add_argument("--jp2-block", type=_positive_int, default=1024,
+                         help="JPEG 2000 tile size (default 1024, as ESA's products)")
     return parser
 
 
@@ -159,10 +171,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args)
     try:
         if args.command == "synth":
-            from .synth import SynthOptions, synthesize
+            from .synth import ProductOptions, SynthOptions, synthesize, synthesize_product
 
-            paths = synthesize(args.outdir, SynthOptions(args.size, args.height, args.block, args.compress))
-            logging.getLogger("mpi_s2").info("wrote %s", ", ".join(paths.values()))
+            if args.product or args.zip:
+                options = ProductOptions(args.size, args.height, args.tile, args.epsg, tuple(args.origin),
+                                         args.baseline, jp2_block=args.jp2_block, zip=args.zip)
+                written = [synthesize_product(args.outdir, options)]
+            else:
+                paths = synthesize(args.outdir, SynthOptions(args.size, args.height, args.block, args.compress))
+                written = list(paths.values())
+            logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
             return 0
         config = compose_config(args)
     except MpiS2Error as exc:

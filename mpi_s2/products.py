@@ -6,6 +6,7 @@ The band files are found through the product metadata (``IMAGE_FILE``), never by
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 
 from osgeo import gdal
@@ -74,16 +75,14 @@ def _find_metadata(root: str, label: str) -> str:
 
 
 def _zip_root(path: str) -> str:
-    vsi = f"/vsizip/{os.path.abspath(path)}"
     try:
-        entries = gdal.ReadDir(vsi)
-    except RuntimeError:
-        entries = None
-    if entries is None:
-        raise InputError(f"{path}: cannot be read as a zip archive")
-    entries = [e for e in entries if e and not e.startswith("__MACOSX")]
-    if not entries:
-        raise InputError(f"{path}: the zip archive is empty")
+        with zipfile.ZipFile(path) as archive:  # only the directory is read; GDAL reads the members
+            if not archive.namelist():
+                raise InputError(f"{path}: the zip archive is empty")
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"{path}: cannot be read as a zip archive ({exc})") from None
+    vsi = f"/vsizip/{os.path.abspath(path)}"
+    entries = [e for e in (gdal.ReadDir(vsi) or []) if e and not e.startswith("__MACOSX")]
     if any(e in METADATA_FILES.values() for e in entries):
         return vsi
     safes = [e for e in entries if e.rstrip("/").endswith(".SAFE")]

@@ -58,7 +58,8 @@ def open_dataset(path: str) -> gdal.Dataset:
 
 
 def _gdal_reason(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip() or gdal.GetLastErrorMsg().strip()
+    return text.splitlines()[0] if text else "the decoder gave no detail; the file is probably truncated or corrupt"
 
 
 def inspect_band(path: str) -> BandInfo:
