@@ -72,7 +72,8 @@ def _bounds(grid: Grid) -> tuple[float, float, float, float]:
 
 def _warp_xml(source: str, srs_wkt: str, bounds, res: float, resampling: str) -> str:
     options = gdal.WarpOptions(format="VRT", dstSRS=srs_wkt, outputBounds=bounds, xRes=res, yRes=res,
-                               resampleAlg=resampling, srcNodata=0, dstNodata=0, multithread=False)
+                               resampleAlg=resampling, srcNodata=0, dstNodata=0, multithread=False,
+                               errorThreshold=0)  # exact transformer: the same pixels whatever the extent
     ds = gdal.Warp("", source, options=options)
     return ds.GetMetadata("xml:VRT")[0]
 
