@@ -6,6 +6,7 @@ one travels); the writer receives into one reusable buffer. Memory stays bounded
 
 from __future__ import annotations
 
+import time
 from collections import deque
 import numpy as np
 from mpi4py import MPI
@@ -15,6 +16,8 @@ from .windows import Window
 
 BLOCK_TAG = 11
 SLOTS = 2
+POLL_MIN_S = 0.0005
+POLL_MAX_S = 0.01
 
 
 class BlockSender:
@@ -53,8 +56,16 @@ class BlockReceiver:
         self._status = MPI.Status()
 
     def probe(self) -> Window:
-        """Block until some worker's next block arrives; return its window."""
-        self.comm.Probe(source=MPI.ANY_SOURCE, tag=BLOCK_TAG, status=self._status)
+        """Wait until some worker's next block arrives; return its window.
+
+        Waits by polling with a short sleep rather than in ``MPI_Probe``: Open MPI waits by spinning on a core,
+        and with more ranks than cores (two decoders and the writer on two cores) the spinning writer would
+        take a third of the CPU the decoders need. A window takes far longer to produce than the sleep.
+        """
+        delay = POLL_MIN_S
+        while not self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=BLOCK_TAG, status=self._status):
+            time.sleep(delay)
+            delay = min(2 * delay, POLL_MAX_S)
         source = self._status.Get_source()
         if source not in self._pending or not self._pending[source]:
             raise MpiS2Error(f"writer: unexpected block from rank {source}")
