@@ -75,6 +75,22 @@ def test_same_zone_overlap_first_valid_wins(product_a, tmp_path_factory, tmp_pat
     assert [i["placement"]["col_off"] for i in inputs] == [0, 800] and not any(i["reprojected"] for i in inputs)
 
 
+def warped_reference(product: str, out: gdal.Dataset, srs: str, tmp: Path):
+    """Independent reference: gdalwarp (nearest, exact) of each band onto ``out``'s grid, then gdal_translate."""
+    gt, width, height = out.GetGeoTransform(), out.RasterXSize, out.RasterYSize
+    bounds = [str(v) for v in (gt[0], gt[3] - 10.0 * height, gt[0] + 10.0 * width, gt[3])]
+    warped = {}
+    for key, path in product_files(product).items():
+        if key == "scl":
+            continue
+        warped[key] = str(tmp / f"{Path(product).stem}_{key}.tif")
+        subprocess.run(["gdalwarp", "-q", "-t_srs", srs, "-te", *bounds, "-tr", "10", "10", "-r", "near",
+                        "-et", "0", "-srcnodata", "0", "-dstnodata", "0", path, warped[key]], check=True)
+    ref = gdal_translate_reference(warped, tmp / "warped_ref.tif", offset=-1000.0)
+    valid = (np.stack([read_array(warped[k]) for k in ("red", "green", "blue")]) != 0).all(axis=0)
+    return ref, valid
+
+
 def _corner_in_zone_33(col: int, row: int) -> tuple[float, float]:
     src, dst = osr.SpatialReference(), osr.SpatialReference()
     src.ImportFromEPSG(32632)
@@ -100,17 +116,7 @@ def test_two_zone_mosaic_reprojects_the_second_zone(product_a, tmp_path_factory,
     assert col_a == int(col_a) and row_a == int(row_a)  # A stays on its own grid, unresampled
     col_a, row_a = int(col_a), int(row_a)
     width, height = ds.RasterXSize, ds.RasterYSize
-    # an independent reference for C: gdalwarp (nearest) of each band onto the output grid, then gdal_translate
-    bounds = [str(v) for v in (gt[0], gt[3] - 10.0 * height, gt[0] + 10.0 * width, gt[3])]
-    warped = {}
-    for key, path in product_files(c).items():
-        if key == "scl":
-            continue
-        warped[key] = str(tmp_path / f"c_{key}.tif")
-        subprocess.run(["gdalwarp", "-q", "-t_srs", "EPSG:32632", "-te", *bounds, "-tr", "10", "10", "-r", "near",
-                        "-et", "0", "-srcnodata", "0", "-dstnodata", "0", path, warped[key]], check=True)
-    ref_c = gdal_translate_reference(warped, tmp_path / "c_ref.tif", offset=-1000.0)
-    valid_c = (np.stack([read_array(warped[k]) for k in ("red", "green", "blue")]) != 0).all(axis=0)
+    ref_c, valid_c = warped_reference(c, ds, "EPSG:32632", tmp_path)
     ref_a, valid_a = expected_tile(product_a, tmp_path, False)
     expected = np.zeros((3, height, width), dtype=np.uint8)
     alpha = np.zeros((height, width), dtype=np.uint8)
@@ -136,3 +142,19 @@ def test_windows_without_input_are_never_read(product_a, tmp_path_factory, tmp_p
     rgba = read_array(out)
     assert (rgba[:, :1024, 2048:] == 0).all() and (rgba[:, 2048:, :1024] == 0).all()  # the two skipped windows
     assert (rgba[3, :1100, :1300] == 255).any() and (rgba[3, 1500:, 2000:] == 255).any()
+
+
+def test_crs_option_reprojects_every_input(product_a, tmp_path):
+    out, report = tmp_path / "utm31.tif", tmp_path / "run.json"
+    result = run_mpi_s2(["compose", product_a, "-o", str(out), "-q", "--crs", "EPSG:32631", "--report",
+                         str(report)], ranks=2)
+    assert result.returncode == 0, result.stderr
+    ds = gdal.Open(str(out))
+    assert ds.GetSpatialRef().GetAuthorityCode(None) == "32631" and ds.GetGeoTransform()[1] == 10.0
+    ref, valid = warped_reference(product_a, ds, "EPSG:32631", tmp_path)
+    rgba = read_array(out)
+    assert valid.sum() > 0.8 * A_SIZE[0] * A_SIZE[1]
+    assert (rgba[3] == np.where(valid, 255, 0)).all()
+    assert (rgba[:3][:, valid] == ref[:, valid]).all()
+    run = json.loads(report.read_text())
+    assert run["inputs"][0]["reprojected"] and run["resampling"] == "near"
