@@ -63,7 +63,7 @@ def validate_creation_options(output: str, options: Mapping[str, str], band_coun
     try:
         ds = gdal.GetDriverByName("GTiff").Create(probe, 16, 16, band_count, gdal.GDT_Byte,
                                                   options=as_gdal_list(options))
-        ds = None
+        del ds  # closes the probe file
     except RuntimeError as exc:
         warnings.append(str(exc))
     finally:
