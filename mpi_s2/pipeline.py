@@ -18,13 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 from mpi4py import MPI
 
+from .cloudmask import invalid_class_lut
 from .config import ComposeConfig
 from .errors import MpiS2Error
 from .gdal_env import config_options, decoder_threads, rank_options
 from .mpi_runtime import CollectiveFailure
 from .plan import Plan, make_plan, plan_luts
 from .progress import Progress
-from .cloudmask import invalid_class_lut
 from .radiometry import LUT_SIZE
 from .render import WindowRenderer
 from .report import RankStats, build_report, write_report

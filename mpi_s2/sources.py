@@ -1,7 +1,7 @@
 """Sources: the input band files, their grid, and reading windows of them with GDAL.
 
 Rank 0 inspects and checks the inputs (:func:`inspect_band_set`); each worker then opens its own handles
-(:class:`BandSetReader`), since a GDAL dataset must never be shared between processes.
+(:class:`TileReader`), since a GDAL dataset must never be shared between processes.
 """
 
 from __future__ import annotations

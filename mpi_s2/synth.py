@@ -61,7 +61,7 @@ def _fields(rows: np.ndarray, cols: np.ndarray, width: int, height: int) -> dict
     rows_i, cols_i = rows.astype(np.int64), cols.astype(np.int64)
     nodata = (cols_i + rows_i // 3 < width // 10) & np.ones_like(terrain, dtype=bool)
     return {"terrain": terrain, "cloud": cloud, "shadow": shadow, "lake": lake, "nodata": nodata,
-            "rows": rows_i, "cols": cols_i, "u": u + 0 * v, "v": v + 0 * u}
+            "rows": rows_i, "cols": cols_i, "v": np.broadcast_to(v, terrain.shape)}
 
 
 def _band_from_fields(band: str, f: dict[str, np.ndarray], width: int, height: int) -> np.ndarray:
