@@ -5,7 +5,8 @@ SHELL := /bin/bash
 SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
-DEBIAN_PACKAGES := gdal-bin python3-gdal python3-mpi4py python3-h5py-mpi openmpi-bin python3-numpy python3-venv
+DEBIAN_PACKAGES := gdal-bin python3-gdal python3-mpi4py python3-h5py-mpi openmpi-bin python3-numpy python3-venv \
+  python3-wheel
 # root needs --allow-run-as-root; more ranks than cores needs --oversubscribe (this machine has 2 cores)
 MPIRUN := mpirun --allow-run-as-root --oversubscribe
 MPI_TEST_TIMEOUT := 900
@@ -15,20 +16,32 @@ BENCH_DIR := bench-data
 BENCH_SIZE := 10980
 BENCH_REPEAT := 3
 
-.PHONY: help system-deps venv demo test test-unit test-mpi bench clean
+.PHONY: help system-deps venv demo test test-unit test-mpi test-fresh bench clean
 
 help:
 	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
 	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
+	@echo "make test-fresh - as root: make demo and make test on a fresh Debian 12 root (debootstrap, chroot)"
 	@echo "make bench   - full-size tile: gdal_translate vs mpi_s2 (mpirun -n 2), medians and peak memory"
 
-# The Debian stack (GDAL, Open MPI, mpi4py, parallel h5py) is installed when missing, as root.
+# The Debian stack (GDAL, Open MPI, mpi4py, parallel h5py; wheel for pip's editable install) is installed when
+# missing, as root. Without root, the goals that need it stop at once with one line: the command to run as root.
+SYSTEM_GOALS := demo test test-unit test-mpi venv bench system-deps
+ifneq ($(filter $(SYSTEM_GOALS),$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
+ifneq ($(shell command -v dpkg-query),)
+MISSING_PACKAGES := $(shell for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done)
+ifneq ($(MISSING_PACKAGES),)
+ifneq ($(shell id -u),0)
+$(error missing Debian packages; as root run: apt-get update && apt-get install -y --no-install-recommends $(MISSING_PACKAGES))
+endif
+endif
+endif
+endif
+
 system-deps:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:" $$missing; \
-	  if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install $$missing" >&2; exit 1; fi; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	@if [ -n "$(MISSING_PACKAGES)" ]; then \
+	  echo "installing Debian packages: $(MISSING_PACKAGES)"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(MISSING_PACKAGES); \
 	fi
 
 $(VENV)/.installed: pyproject.toml | system-deps
@@ -55,6 +68,10 @@ test-mpi:
 	for n in 2 3; do \
 	  timeout $(MPI_TEST_TIMEOUT) $(MPIRUN) -n $$n $(PY) -m pytest --color=no --with-mpi -m mpi -q -p no:cacheprovider tests || exit 1; \
 	done
+
+# The README's set-up on a fresh Debian 12 (a debootstrap root built once under FRESH_DIR, then reused).
+test-fresh:
+	bash tests/fresh-debian.sh
 
 bench: venv
 	$(PY) -m mpi_s2.benchmark --dir $(BENCH_DIR) --size $(BENCH_SIZE) --repeat $(BENCH_REPEAT)

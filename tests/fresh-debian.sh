@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# make test-fresh: the README's set-up commands on a fresh Debian 12, as a new user would run them.
+#
+# Builds once (then reuses) a minimal Debian 12 root with debootstrap (minbase, plus make and git), and for each
+# run lays a throw-away copy of it (overlayfs) in which it:
+#   1. as a non-root user with no packages: `make demo` must stop with one line naming the apt-get command;
+#      root runs exactly that command, and the user's `make demo` then passes;
+#   2. as root, in another fresh copy, on a clean clone of HEAD with ../shared beside it: `make demo`, then
+#      `make test`.
+# Each step prints its exit code and duration; a failure shows the tail of its log and fails the target.
+# Mounts are always removed, on success, failure or interruption. The Debian mirror is the one this machine's
+# own apt sources name. Only downloads are cached between runs (.deb archives, pip's cache): every package is
+# installed afresh in every run.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${SHARED:-$(cd "$REPO/.." && pwd)/shared}
+FRESH_DIR=${FRESH_DIR:-/var/tmp/mpi_s2-fresh}
+SUITE=bookworm
+BASE=$FRESH_DIR/base-$SUITE
+RUN_DIR=$FRESH_DIR/run
+LOGS=$FRESH_DIR/logs
+TAIL_LINES=${TAIL_LINES:-40}
+
+say() { printf 'test-fresh: %s\n' "$*"; }
+die() { printf 'test-fresh: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot and mounts); run: sudo make test-fresh"
+[ -d "$SHARED" ] || die "$SHARED: no such directory (the project's shared/ data must lie beside the checkout)"
+git -C "$REPO" rev-parse --verify -q HEAD >/dev/null || die "$REPO: not a git checkout with a commit"
+
+# --- the mirrors this machine's apt sources name ------------------------------------------------------------
+mirror_for() {  # first repository URI of release $1 in the machine's own apt sources
+  apt-get indextargets --no-release-info --format '$(RELEASE) $(REPO_URI)' 2>/dev/null \
+    | awk -v rel="$1" '$1 == rel { print $2; exit }'
+}
+MIRROR=$(mirror_for "$SUITE")
+SECURITY=$(mirror_for "$SUITE-security")
+[ -n "$MIRROR" ] || die "no '$SUITE' repository in this machine's apt sources (apt-get indextargets)"
+
+# --- mounts: tracked, and always undone ---------------------------------------------------------------------
+MOUNTS=()
+mnt() {  # mnt TARGET MOUNT-ARGS...
+  local target=$1; shift
+  mkdir -p "$target"
+  mount "$@" "$target"
+  MOUNTS+=("$target")
+}
+unmount_all() {
+  local i
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+    umount -R "${MOUNTS[i]}" 2>/dev/null || umount -lR "${MOUNTS[i]}" 2>/dev/null || true
+  done
+  MOUNTS=()
+}
+cleanup() {
+  local rc=$?
+  # processes left in the root (an MPI daemon, a munged) would keep its mounts busy
+  if [ -d "$RUN_DIR/root" ]; then
+    for p in /proc/[0-9]*; do
+      [ "$(readlink "$p/root" 2>/dev/null)" = "$RUN_DIR/root" ] && kill -KILL "${p#/proc/}" 2>/dev/null || true
+    done
+  fi
+  unmount_all
+  rm -rf "$RUN_DIR"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM HUP
+
+# --- the base root, built once ------------------------------------------------------------------------------
+build_base() {
+  if ! command -v debootstrap >/dev/null; then
+    say "installing debootstrap"
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+  fi
+  say "building the base root $BASE from $MIRROR (once)"
+  rm -rf "$BASE.tmp"
+  mkdir -p "$FRESH_DIR"
+  local t0=$SECONDS
+  # ca-certificates only so that this machine's extra CA (its egress proxy) can be added for pip below
+  debootstrap --variant=minbase --include=make,git,ca-certificates "$SUITE" "$BASE.tmp" "$MIRROR" \
+    >"$FRESH_DIR/debootstrap.log" 2>&1 || { tail -n "$TAIL_LINES" "$FRESH_DIR/debootstrap.log"; die "debootstrap failed"; }
+  {
+    echo "deb $MIRROR $SUITE main"
+    echo "deb $MIRROR $SUITE-updates main"
+    [ -n "$SECURITY" ] && echo "deb $SECURITY $SUITE-security main"
+  } >"$BASE.tmp/etc/apt/sources.list"
+  rm -rf "$BASE.tmp/var/cache/apt/archives"/*.deb
+  mv "$BASE.tmp" "$BASE"
+  say "base built in $((SECONDS - t0)) s"
+}
+[ -f "$BASE/etc/debian_version" ] || build_base
+
+# --- one throw-away root: overlay of the base, host network trust, caches -----------------------------------
+ROOT=$RUN_DIR/root
+new_root() {
+  unmount_all
+  rm -rf "$RUN_DIR"
+  mkdir -p "$RUN_DIR/upper" "$RUN_DIR/work" "$FRESH_DIR/cache/apt" "$FRESH_DIR/cache/pip" "$LOGS"
+  mnt "$ROOT" -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN_DIR/upper,workdir=$RUN_DIR/work"
+  mnt "$ROOT/proc" -t proc proc
+  mnt "$ROOT/sys" --rbind /sys
+  mount --make-rslave "$ROOT/sys"
+  mnt "$ROOT/dev" --rbind /dev
+  mount --make-rslave "$ROOT/dev"
+  mnt "$ROOT/dev/shm" -t tmpfs tmpfs          # a private /dev/shm: Open MPI's shared-memory segments
+  mnt "$ROOT/run" -t tmpfs tmpfs
+  mnt "$ROOT/tmp" -t tmpfs -o mode=1777 tmpfs
+  mnt "$ROOT/var/cache/apt/archives" --bind "$FRESH_DIR/cache/apt"   # downloads only, reinstalled every run
+  mnt "$ROOT/root/.cache/pip" --bind "$FRESH_DIR/cache/pip"
+  cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  # This machine reaches the package registries through a proxy with its own CA: trust it as the host does.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    chroot "$ROOT" update-ca-certificates >/dev/null 2>&1
+  fi
+  mkdir -p "$ROOT/work"
+  git clone -q "$REPO" "$ROOT/work/main"
+  cp -a "$SHARED" "$ROOT/work/shared"
+}
+
+# in_root USER COMMAND: run COMMAND with bash in /work/main of the root, with a clean login environment
+in_root() {
+  local user=$1; shift
+  local home=/root
+  [ "$user" = root ] || home=/home/$user
+  chroot "$ROOT" /usr/bin/env -i HOME="$home" USER="$user" LANG=C.UTF-8 TERM=dumb \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    /usr/sbin/runuser -u "$user" -- /bin/bash -c "cd /work/main && $*"
+}
+
+FAILED=0
+# step NAME EXPECT USER COMMAND: run, time, and check the exit code (EXPECT: 0, or 'fail' for non-zero)
+step() {
+  local name=$1 expect=$2 user=$3; shift 3
+  local log="$LOGS/$name.log" t0=$SECONDS rc=0
+  in_root "$user" "$@" >"$log" 2>&1 || rc=$?
+  local ok=0
+  if [ "$expect" = fail ]; then [ "$rc" != 0 ] || ok=1; else [ "$rc" = "$expect" ] || ok=1; fi
+  printf 'test-fresh: %-34s exit %-3s %5d s  %s\n' "$name ($user)" "$rc" "$((SECONDS - t0))" \
+    "$([ $ok = 0 ] && echo ok || echo FAILED)"
+  if [ $ok != 0 ]; then
+    echo "---- last $TAIL_LINES lines of $log ----"
+    tail -n "$TAIL_LINES" "$log"
+    echo "----"
+    FAILED=1
+  fi
+  return $ok
+}
+
+T_ALL=$SECONDS
+say "HEAD $(git -C "$REPO" rev-parse --short HEAD), mirror $MIRROR, logs in $LOGS"
+
+# 1. A non-root user on a machine without the packages: one line with the command, then it works.
+new_root
+chroot "$ROOT" useradd -m -s /bin/bash user
+chown -R user: "$ROOT/work/main"
+if step "make-demo-without-packages" fail user make demo; then
+  hint=$(grep -o 'apt-get update && apt-get install [^.]*[a-z0-9]' "$LOGS/make-demo-without-packages.log" | head -n 1 || true)
+  lines=$(grep -c . "$LOGS/make-demo-without-packages.log" || true)
+  if [ -z "$hint" ] || [ "$lines" != 1 ]; then
+    say "FAILED: expected exactly one line naming 'apt-get update && apt-get install ...', got $lines:"
+    cat "$LOGS/make-demo-without-packages.log"
+    FAILED=1
+  else
+    step "root-runs-the-named-command" 0 root "export DEBIAN_FRONTEND=noninteractive; $hint" || true
+    step "make-demo-after-install" 0 user make demo || true
+  fi
+fi
+
+# 2. Root on a fresh machine: the README's two commands.
+new_root
+step "make-demo" 0 root make demo || true
+step "make-test" 0 root make test || true
+
+say "total $((SECONDS - T_ALL)) s"
+[ $FAILED = 0 ] || die "a step failed (logs in $LOGS)"
+say "passed"
