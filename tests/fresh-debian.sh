@@ -156,7 +156,7 @@ say "HEAD $(git -C "$REPO" rev-parse --short HEAD), mirror $MIRROR, logs in $LOG
 # 1. A non-root user on a machine without the packages: one line with the command, then it works.
 new_root
 chroot "$ROOT" useradd -m -s /bin/bash user
-chown -R user: "$ROOT/work/main"
+chroot "$ROOT" chown -R user: /work/main
 if step "make-demo-without-packages" fail user make demo; then
   hint=$(grep -o 'apt-get update && apt-get install [^.]*[a-z0-9]' "$LOGS/make-demo-without-packages.log" | head -n 1 || true)
   lines=$(grep -c . "$LOGS/make-demo-without-packages.log" || true)
