@@ -74,7 +74,7 @@ test-fresh:
 	bash tests/fresh-debian.sh
 
 bench: venv
-	$(PY) -m mpi_s2.benchmark --dir $(BENCH_DIR) --size $(BENCH_SIZE) --repeat $(BENCH_REPEAT)
+	$(PY) -m mpi_s2.tools.benchmark --dir $(BENCH_DIR) --size $(BENCH_SIZE) --repeat $(BENCH_REPEAT)
 
 clean:
 	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache

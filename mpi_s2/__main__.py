@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from mpi_s2.cli import main
 
 sys.exit(main())

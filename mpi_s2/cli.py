@@ -10,10 +10,11 @@ import logging
 import sys
 from typing import Sequence
 
-from . import __version__
-from .cloudmask import DEFAULT_MASK_CLASSES
-from .errors import InputError, MpiS2Error
-from .mosaic import RESAMPLING
+from mpi_s2 import __version__
+from mpi_s2.inputs.cloudmask import DEFAULT_MASK_CLASSES
+from mpi_s2.errors import InputError, MpiS2Error
+from mpi_s2.planning.mosaic import RESAMPLING
+from mpi_s2.planning.scheduling import SCHEDULES
 
 COMPOSE_EXAMPLE = """\
 examples:
@@ -35,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are printed by launcher rank 0 only (not once per rank)."""
 
     def error(self, message: str):  # type: ignore[override]
-        from .mpi_runtime import launcher_rank
+        from mpi_s2.parallel.runtime import launcher_rank
 
         if launcher_rank() == 0:
             self.print_usage(sys.stderr)
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--report", metavar="JSON", help="write per-rank timings and throughput here")
     compose.add_argument("--window", type=_positive_int, metavar="N",
                          help="window edge in pixels (default: the multiple of the block size closest to 1024)")
+    compose.add_argument("--schedule", choices=SCHEDULES, default="dynamic",
+                         help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
+                              "each worker gets a fixed contiguous share")
 
     synth = sub.add_parser(
         "synth", parents=[verbosity], help="write a synthetic Sentinel-2-like scene (B04, B03, B02)",
@@ -125,14 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="upper-left corner (default: tile 32TMS, 399960 5300040)")
     product.add_argument("--jp2-block", type=_positive_int, default=1024,
                          help="JPEG 2000 tile size (default 1024, as ESA's products)")
+    product.add_argument("--orbit-edge", type=float, default=0.0, metavar="F",
+                         help="make fraction F of the tile nodata beyond a slanted swath edge (default 0)")
     return parser
 
 
 def compose_config(args: argparse.Namespace):
-    from .cloudmask import parse_mask_classes
-    from .config import BandFiles, ComposeConfig
-    from .profiles import parse_creation_option
-    from .radiometry import Stretch
+    from mpi_s2.inputs.cloudmask import parse_mask_classes
+    from mpi_s2.config import BandFiles, ComposeConfig
+    from mpi_s2.output.profiles import parse_creation_option
+    from mpi_s2.pixels.radiometry import Stretch
 
     counts = {len(args.red), len(args.green), len(args.blue)}
     if len(counts) != 1:
@@ -155,6 +161,7 @@ def compose_config(args: argparse.Namespace):
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
         cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
         crs=args.crs, resampling=args.resampling, alpha=not args.no_alpha, window=args.window,
+        schedule=args.schedule,
         creation_options=options, overwrite=args.overwrite, report=args.report, progress=not args.quiet,
     )
 
@@ -165,17 +172,18 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .mpi_runtime import launcher_rank, report_error
+    from mpi_s2.parallel.runtime import launcher_rank, report_error
 
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     try:
         if args.command == "synth":
-            from .synth import ProductOptions, SynthOptions, synthesize, synthesize_product
+            from mpi_s2.tools.synth import ProductOptions, SynthOptions, synthesize, synthesize_product
 
             if args.product or args.zip:
                 options = ProductOptions(args.size, args.height, args.tile, args.epsg, tuple(args.origin),
-                                         args.baseline, jp2_block=args.jp2_block, zip=args.zip)
+                                         args.baseline, jp2_block=args.jp2_block, zip=args.zip,
+                                         orbit_edge=args.orbit_edge)
                 written = [synthesize_product(args.outdir, options)]
             else:
                 paths = synthesize(args.outdir, SynthOptions(args.size, args.height, args.block, args.compress))
@@ -188,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report_error(str(exc))
         return exc.exit_code
 
-    from .mpi_runtime import run_job
-    from .pipeline import compose
+    from mpi_s2.parallel.runtime import run_job
+    from mpi_s2.parallel.pipeline import compose
 
     return run_job(lambda comm: compose(config, comm))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .cloudmask import DEFAULT_MASK_CLASSES
-from .profiles import DEFAULT_PROFILE
+from mpi_s2.inputs.cloudmask import DEFAULT_MASK_CLASSES
+from mpi_s2.output.profiles import DEFAULT_PROFILE
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class ComposeConfig:
     resampling: str = "near"
     alpha: bool = True
     window: int | None = None
+    schedule: str = "dynamic"  # or "static" (see mpi_s2.planning.scheduling)
     profile: str = DEFAULT_PROFILE
     creation_options: Mapping[str, str] = field(default_factory=dict)
     overwrite: bool = False

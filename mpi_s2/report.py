@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    from mpi_s2.inputs.decoding import DecodeCounter
 
 PHASES = ("read", "compute", "wait", "write")
 
@@ -21,7 +25,10 @@ class RankStats:
     seconds: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     windows: int = 0
     pixels: int = 0
+    stage_units: int = 0
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0
+    host: str = field(default_factory=socket.gethostname)
     decoder_threads: int = 1
 
     @contextlib.contextmanager
@@ -32,13 +39,30 @@ class RankStats:
         finally:
             self.seconds[phase] += time.perf_counter() - start
 
-    def finish(self) -> dict[str, Any]:
-        """Record peak memory and return a plain dict (for ``comm.gather``)."""
-        self.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    def finish(self, counter: DecodeCounter | None = None) -> dict[str, Any]:
+        """Record peak memory and CPU time and return a plain dict (for ``comm.gather``).
+
+        ``cpu_s`` is the process's CPU time, all threads (GDAL decoder threads included). With a ``counter``,
+        ``blocks_decoded`` gives this rank's decoded blocks per source, and ``decode`` the data rank 0 merges.
+        """
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.peak_rss_mb = usage.ru_maxrss / 1024.0
+        self.cpu_s = usage.ru_utime + usage.ru_stime
         data = asdict(self)
         data["seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
         data["peak_rss_mb"] = round(self.peak_rss_mb, 1)
+        data["cpu_s"] = round(self.cpu_s, 3)
+        if counter is not None:
+            data["blocks_decoded"] = {str(s): n for s, n in sorted(counter.decoded.items())}
+            data["decode"] = counter.as_dict()
         return data
+
+
+def busy_imbalance(ranks: list[dict[str, Any]]) -> float | None:
+    """Max over mean of the workers' busy time (read + compute): 1.0 is a perfect balance."""
+    busy = [r["seconds"]["read"] + r["seconds"]["compute"] for r in ranks if "worker" in r["role"]]
+    mean = sum(busy) / len(busy) if busy else 0.0
+    return round(max(busy) / mean, 4) if mean > 0 else None
 
 
 def build_report(summary: dict[str, Any], ranks: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
@@ -47,6 +71,8 @@ def build_report(summary: dict[str, Any], ranks: list[dict[str, Any]], wall_s: f
         **summary,
         "wall_s": round(wall_s, 4),
         "pixels_per_s": round(pixels / wall_s, 1) if wall_s > 0 else None,
+        "worker_busy_imbalance": busy_imbalance(ranks),
+        "hosts": sorted({r["host"] for r in ranks}),
         "ranks": ranks,
     }
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from mpi_s2.synth import SynthOptions, synthesize
+from mpi_s2.tools.synth import SynthOptions, synthesize
 
 gdal.UseExceptions()
 

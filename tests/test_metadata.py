@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from mpi_s2.errors import InputError
-from mpi_s2.metadata import BandRadiometry, parse_metadata
+from mpi_s2.inputs.metadata import BandRadiometry, parse_metadata
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "s2-real"
 DATA = Path(__file__).resolve().parent / "data"

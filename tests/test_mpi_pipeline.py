@@ -29,28 +29,28 @@ def config_for(scene, output, **kwargs):
     return ComposeConfig(output=str(output), band_sets=(bands,), progress=False, **kwargs)
 
 
-def test_scatter_gives_each_worker_exactly_its_windows(comm):
-    from mpi_s2.roles import Roles
-    from mpi_s2.scheduling import assign_round_robin, scatter_windows
-    from mpi_s2.windows import plan_windows, table_to_windows
+def test_scatter_gives_each_worker_exactly_its_first_batch(comm):
+    from mpi_s2.parallel.roles import Roles
+    from mpi_s2.parallel.transport import scatter_batches
+    from mpi_s2.planning.scheduling import Scheduler, items_to_table, table_to_items
+    from mpi_s2.planning.windows import plan_windows
 
     roles = Roles(comm.rank, comm.size)
     windows = plan_windows((1300, 1100), (256, 256))
-    queues = assign_round_robin(len(windows), roles.worker_ranks)
-    mine = scatter_windows(comm, 0, queues if comm.rank == 0 else None, windows if comm.rank == 0 else None)
-    received = table_to_windows(mine)
-    everything = comm.allgather(received)
-    assert [i for i, _ in received] == queues.get(comm.rank, [])
-    assert all(windows[i] == w for i, w in received)
-    indices = sorted(i for rank_rows in everything for i, _ in rank_rows)
+    first = Scheduler(0, [True] * len(windows), roles.worker_ranks, "static").first_batches()
+    tables = {r: items_to_table(b, [], windows) for r, b in first.items()} if comm.rank == 0 else None
+    received = table_to_items(scatter_batches(comm, 0, tables))
+    everything = comm.allgather([item.index for item, _ in received])
+    assert all(windows[item.index] == w for item, w in received)  # definitions travel, not references
+    indices = sorted(i for rank_rows in everything for i in rank_rows)
     assert indices == list(range(len(windows)))  # every window to exactly one rank
     assert len(received) == 0 if roles.is_writer else len(received) > 0
 
 
 def test_every_rank_gets_identical_lookup_tables(comm, scene, mpi_tmp_path):
-    from mpi_s2.pipeline import broadcast_luts, broadcast_plan
-    from mpi_s2.radiometry import Stretch, build_lut
-    from mpi_s2.roles import Roles
+    from mpi_s2.parallel.pipeline import broadcast_luts, broadcast_plan
+    from mpi_s2.pixels.radiometry import Stretch, build_lut
+    from mpi_s2.parallel.roles import Roles
 
     roles = Roles(comm.rank, comm.size)
     plan = broadcast_plan(comm, roles, config_for(scene, mpi_tmp_path / "x.tif", offset=-1000.0, gamma=2.0))
@@ -58,11 +58,11 @@ def test_every_rank_gets_identical_lookup_tables(comm, scene, mpi_tmp_path):
     digests = comm.allgather(zlib.crc32(luts.tobytes()))
     assert len(set(digests)) == 1 and luts.shape == (1, 3, 65536)
     assert all(np.array_equal(lut, build_lut(Stretch(offset=-1000.0, gamma=2.0))) for lut in luts[0])
-    assert plan.windows == () or roles.is_planner  # workers learn windows only by scatter
+    assert plan.windows == () or roles.is_planner  # workers learn windows only from rank 0's messages
 
 
 def test_compose_in_process_matches_reference(comm, scene, reference, valid, mpi_tmp_path):
-    from mpi_s2.pipeline import compose
+    from mpi_s2.parallel.pipeline import compose
 
     out = mpi_tmp_path / "rgb.tif"
     report = compose(config_for(scene, out, window=256), comm)
@@ -78,8 +78,8 @@ def test_compose_in_process_matches_reference(comm, scene, reference, valid, mpi
 
 
 def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_tmp_path):
-    from mpi_s2.mpi_runtime import CollectiveFailure
-    from mpi_s2.pipeline import compose
+    from mpi_s2.parallel.runtime import CollectiveFailure
+    from mpi_s2.parallel.pipeline import compose
 
     from mpi_s2.config import BandFiles
 
@@ -93,8 +93,8 @@ def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_t
 
 
 def test_run_job_reports_once_and_returns_exit_code(comm, scene, mpi_tmp_path, capfd):
-    from mpi_s2.mpi_runtime import run_job
-    from mpi_s2.pipeline import compose
+    from mpi_s2.parallel.runtime import run_job
+    from mpi_s2.parallel.pipeline import compose
 
     from mpi_s2.config import BandFiles
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mpi_s2.errors import InputError
-from mpi_s2.radiometry import LUT_SIZE, Stretch, build_lut, render_window
+from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut, render_window
 
 
 def formula(dn: int, offset: float, scale: float, max_reflectance: float, gamma: float) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from osgeo import gdal, osr
 
-from .errors import InputError, OutputError
+from mpi_s2.errors import InputError, OutputError
 
 gdal.UseExceptions()
 
@@ -163,6 +163,15 @@ class ProductOptions:
     sensing: str = "20230715T102559"
     jp2_block: int = 1024
     zip: bool = False
+    orbit_edge: float = 0.0  # fraction of the tile beyond the swath edge (nodata), as on an orbit's edge
+
+    def beyond_swath(self, width: int, height: int, step: int = 1) -> np.ndarray | None:
+        """True where the tile lies beyond the swath edge: a slanted edge cutting ``orbit_edge`` of the area."""
+        if self.orbit_edge <= 0:
+            return None
+        rows = np.arange(0, height, step, dtype=np.float64)[:, None] / height
+        cols = np.arange(0, width, step, dtype=np.float64)[None, :] / width
+        return cols + 0.5 * rows < self.orbit_edge + 0.25
 
     @property
     def offset(self) -> int:
@@ -237,6 +246,9 @@ def product_dn(band: str, width: int, height: int, options: ProductOptions, step
         deep_water = shift & (dn < 220)
         dn[shift] = np.minimum(dn[shift].astype(np.int32) - options.offset, 65534).astype(np.uint16)
         dn[deep_water] -= np.uint16(300)
+    beyond = options.beyond_swath(width, height, step)
+    if beyond is not None:
+        dn[beyond] = 0
     return dn
 
 
@@ -266,8 +278,11 @@ def synthesize_product(outdir: str, options: ProductOptions) -> str:
             image_files.append(rel)
         if res >= 20:
             rel = f"{granule}/R{res}m/{stem}_SCL_{res}m"
-            _write_jp2(os.path.join(safe, rel + ".jp2"), scl_rows(0, -(-height // step), width, height, step),
-                       options, PIXEL * step)
+            scl = scl_rows(0, -(-height // step), width, height, step)
+            beyond = options.beyond_swath(width, height, step)
+            if beyond is not None:
+                scl[beyond] = 0  # class 0: no data
+            _write_jp2(os.path.join(safe, rel + ".jp2"), scl, options, PIXEL * step)
             image_files.append(rel)
     with open(os.path.join(safe, "MTD_MSIL2A.xml"), "w", encoding="utf-8") as fh:
         fh.write(_metadata_xml(options, sorted(image_files)))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from osgeo import gdal
 
-from .errors import InputError
-from .metadata import METADATA_FILES, RGB_BANDS, SCL_BAND, ProductMetadata, parse_metadata
+from mpi_s2.errors import InputError
+from mpi_s2.inputs.metadata import METADATA_FILES, RGB_BANDS, SCL_BAND, ProductMetadata, parse_metadata
 
 gdal.UseExceptions()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from .errors import InputError
+from mpi_s2.errors import InputError
 
 #: Tiled, compressed, safe for files past 4 GB. ZSTD at a low level keeps the single writer rank fast.
 GTIFF_PROFILES: dict[str, dict[str, str]] = {

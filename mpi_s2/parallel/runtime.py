@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Callable
 
-from .errors import LaunchError, MpiS2Error
+from mpi_s2.errors import LaunchError, MpiS2Error
 
 
 class CollectiveFailure(Exception):

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import WindowError
+from mpi_s2.errors import WindowError
 
 #: Default target edge length of a window, in pixels (the actual size is a multiple of the block size).
 DEFAULT_WINDOW_TARGET = 1024

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from osgeo import gdal, osr
 
-from .errors import InputError
-from .windows import Window
+from mpi_s2.errors import InputError
+from mpi_s2.planning.windows import Window
 
 gdal.UseExceptions()
 
@@ -136,8 +137,11 @@ class TileReader:
     """
 
     def __init__(self, files: tuple[str, ...], datasets: tuple[str, ...], mask_file: str | None = None,
-                 mask_dataset: str | None = None):
+                 mask_dataset: str | None = None, on_decode: Callable[[str, Window], None] | None = None):
+        """``on_decode(file, window)`` is called after each read of a band file itself (not of a copy or VRT)."""
         self.files = files + ((mask_file,) if mask_file else ())
+        self._decodes = [on_decode if on_decode and d == f else None
+                         for f, d in zip(self.files, datasets + ((mask_dataset,) if mask_dataset else ()))]
         self._datasets = [self._open(f, d) for f, d in zip(self.files, datasets + ((mask_dataset,) if mask_dataset else ()))]
         self._bands = [ds.GetRasterBand(1) for ds in self._datasets]
         self.has_mask = mask_dataset is not None
@@ -151,7 +155,8 @@ class TileReader:
         except RuntimeError as exc:
             raise InputError(f"{file}: cannot be opened for reprojection ({_gdal_reason(exc)})") from None
 
-    def _read(self, i: int, window: Window, buf: np.ndarray) -> None:
+    def read_band(self, i: int, window: Window, buf: np.ndarray) -> None:
+        """Fill ``buf`` (``window.shape``) with band ``i`` of the reader (0: red or the only file)."""
         try:
             self._bands[i].ReadAsArray(*window.gdal_args(), buf_obj=buf)
         except RuntimeError as exc:
@@ -159,12 +164,15 @@ class TileReader:
                 f"{self.files[i]}: reading pixels at column {window.col_off}, row {window.row_off} "
                 f"({window.width} x {window.height}) failed: {_gdal_reason(exc)}"
             ) from None
+        on_decode = self._decodes[i]
+        if on_decode is not None:
+            on_decode(self.files[i], window)
 
     def read(self, window: Window, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Fill ``out`` (three ``window.shape`` uint16 arrays) with red, green and blue."""
         for i, buf in enumerate(out):
-            self._read(i, window, buf)
+            self.read_band(i, window, buf)
 
     def read_mask(self, window: Window, out: np.ndarray) -> None:
         """Fill ``out`` (``window.shape`` uint8) with the scene classification."""
-        self._read(3, window, out)
+        self.read_band(3, window, out)

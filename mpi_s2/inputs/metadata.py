@@ -12,7 +12,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from .errors import InputError
+from mpi_s2.errors import InputError
 
 METADATA_FILES = {"L2A": "MTD_MSIL2A.xml", "L1C": "MTD_MSIL1C.xml"}
 #: Band names in the order this package uses them: red, green, blue.

@@ -6,7 +6,7 @@
   output grid, with the resampling method the user chose (nearest by default: digital numbers stay exact).
 * The scene classification (20 m) is put onto each input's 10 m grid by nearest neighbour in a warped VRT,
   which takes, for every 10 m pixel, the 20 m pixel that contains its centre.
-Where inputs overlap, the first valid pixel in the given order wins (see :mod:`mpi_s2.render`).
+Where inputs overlap, the first valid pixel in the given order wins (see :mod:`mpi_s2.pixels.render`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from osgeo import gdal, osr
 
-from .errors import InputError
-from .radiometry import Stretch
-from .sources import BandInfo, Grid, inspect_band_set, inspect_mask, same_crs
-from .windows import Window
+from mpi_s2.errors import InputError
+from mpi_s2.pixels.radiometry import Stretch
+from mpi_s2.inputs.bands import BandInfo, Grid, inspect_band_set, inspect_mask, same_crs
+from mpi_s2.planning.windows import Window
 
 gdal.UseExceptions()
 
@@ -38,6 +38,20 @@ class TileInput:
 
 
 @dataclass(frozen=True)
+class WarpSpec:
+    """How a file is put onto the output grid by a warped VRT: target CRS, bounds, pixel size, resampling."""
+
+    crs_wkt: str
+    bounds: tuple[float, float, float, float]
+    res: float
+    resampling: str
+
+    def xml(self, source: str) -> str:
+        """The warped VRT (XML) of ``source`` (a path GDAL opens) on this grid."""
+        return _warp_xml(source, self.crs_wkt, self.bounds, self.res, self.resampling)
+
+
+@dataclass(frozen=True)
 class TileSource:
     """An input placed on the output grid: what every worker opens for itself."""
 
@@ -50,6 +64,10 @@ class TileSource:
     stretches: tuple[Stretch, Stretch, Stretch]
     radiometry_note: str
     reprojected: bool
+    band_grid: Grid  # the grid of the band files
+    block_size: tuple[int, int]  # of the band files
+    band_warp: WarpSpec | None = None  # set when reprojected: datasets == band_warp.xml(file)
+    mask_warp: WarpSpec | None = None  # set with a mask: mask_dataset == mask_warp.xml(scl)
 
 
 def _srs(wkt_or_user: str, label: str) -> osr.SpatialReference:
@@ -110,12 +128,13 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
         minx, miny, maxx, maxy = osr.CoordinateTransformation(src, target).TransformBounds(*_bounds(first_grid), 21)
         origin = (math.floor(minx / res) * res, math.ceil(maxy / res) * res)
 
-    placed: list[tuple[TileInput, Window, tuple[str, str, str], str | None, bool]] = []
+    placed: list[tuple] = []
     for tile, (grid, _infos) in zip(tiles, inspected):
         gt = grid.geotransform
         col = (gt[0] - origin[0]) / res
         row = (origin[1] - gt[3]) / res
         on_grid = target is None or (aligned(grid) and abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6)
+        band_warp = None
         if on_grid:
             placement = Window(round(col), round(row), grid.width, grid.height)
             datasets = tile.files
@@ -126,15 +145,17 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
             c0, c1 = math.floor((minx - origin[0]) / res), math.ceil((maxx - origin[0]) / res)
             r0, r1 = math.floor((origin[1] - maxy) / res), math.ceil((origin[1] - miny) / res)
             placement = Window(c0, r0, c1 - c0, r1 - r0)
-            datasets = tuple(_warp_xml(f, target_wkt, _placement_bounds(placement, origin, res), res, resampling)
-                             for f in tile.files)  # type: ignore[assignment]
+            band_warp = WarpSpec(target_wkt, _placement_bounds(placement, origin, res), res, resampling)
+            datasets = tuple(band_warp.xml(f) for f in tile.files)  # type: ignore[assignment]
             reprojected = True
-        mask = None
+        mask = mask_warp = None
         if tile.scl:
-            mask = _warp_xml(tile.scl, target_wkt or grid.crs_wkt,
-                             _placement_bounds(placement, origin, res) if target is not None else _bounds(grid),
-                             res, "near")
-        placed.append((tile, placement, datasets, mask, reprojected))
+            mask_warp = WarpSpec(target_wkt or grid.crs_wkt,
+                                 _placement_bounds(placement, origin, res) if target is not None else _bounds(grid),
+                                 res, "near")
+            mask = mask_warp.xml(tile.scl)
+        placed.append((tile, placement, datasets, mask, reprojected, band_warp if reprojected else None,
+                       mask_warp, grid, _infos[0].block_size))
 
     min_col = min(p[1].col_off for p in placed)
     min_row = min(p[1].row_off for p in placed)
@@ -147,8 +168,9 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
     sources = [
         TileSource(label=tile.label, files=tile.files, datasets=datasets, scl=tile.scl, mask_dataset=mask,
                    placement=Window(p.col_off - min_col, p.row_off - min_row, p.width, p.height),
-                   stretches=tile.stretches, radiometry_note=tile.radiometry_note, reprojected=reprojected)
-        for tile, p, datasets, mask, reprojected in placed
+                   stretches=tile.stretches, radiometry_note=tile.radiometry_note, reprojected=reprojected,
+                   band_grid=band_grid, block_size=block_size, band_warp=band_warp, mask_warp=mask_warp)
+        for tile, p, datasets, mask, reprojected, band_warp, mask_warp, band_grid, block_size in placed
     ]
     return grid, sources, first_infos[0].block_size
 

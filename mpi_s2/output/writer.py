@@ -14,11 +14,11 @@ from typing import Mapping
 import numpy as np
 from osgeo import gdal
 
-from . import __version__
-from .errors import OutputError
-from .profiles import as_gdal_list
-from .sources import Grid
-from .windows import Window
+from mpi_s2 import __version__
+from mpi_s2.errors import OutputError
+from mpi_s2.output.profiles import as_gdal_list
+from mpi_s2.inputs.bands import Grid
+from mpi_s2.planning.windows import Window
 
 gdal.UseExceptions()
 

@@ -11,20 +11,22 @@ from typing import Sequence
 
 import numpy as np
 
-from .mosaic import TileSource
-from .radiometry import render_window, valid_mask
-from .report import RankStats
-from .sources import TileReader
-from .windows import Window, intersection, relative_to
+from mpi_s2.planning.mosaic import TileSource
+from mpi_s2.pixels.radiometry import render_window, valid_mask
+from mpi_s2.report import RankStats
+from mpi_s2.inputs.bands import TileReader
+from mpi_s2.inputs.decoding import DecodeCounter
+from mpi_s2.planning.windows import Window, intersection, relative_to
 
 
 class WindowRenderer:
     def __init__(self, sources: Sequence[TileSource], luts: np.ndarray, *, alpha: bool,
-                 mask_lut: np.ndarray | None, max_pixels: int):
+                 mask_lut: np.ndarray | None, max_pixels: int, counter: DecodeCounter | None = None):
         self.sources = list(sources)
         self.luts = luts  # (n_sources, 3, 65536) uint8
         self.alpha = alpha
         self.mask_lut = mask_lut
+        self.counter = counter
         self._readers: dict[int, TileReader] = {}
         self._dn = [np.empty(max_pixels, dtype=np.uint16) for _ in range(3)]
         self._scl = np.empty(max_pixels, dtype=np.uint8)
@@ -34,8 +36,12 @@ class WindowRenderer:
         if i not in self._readers:
             s = self.sources[i]
             use_mask = self.mask_lut is not None and s.mask_dataset is not None
+            on_decode = None
+            if self.counter is not None:
+                counter, block = self.counter, s.block_size
+                on_decode = lambda file, window: counter.record(i, file, window, block)  # noqa: E731
             self._readers[i] = TileReader(s.files, s.datasets, s.scl if use_mask else None,
-                                          s.mask_dataset if use_mask else None)
+                                          s.mask_dataset if use_mask else None, on_decode=on_decode)
         return self._readers[i]
 
     def _read(self, i: int, local: Window, stats: RankStats):

@@ -1,7 +1,7 @@
-"""The planner's work: resolve inputs, check the output, lay out the mosaic, cut it into windows, assign them.
+"""The planner's work: resolve inputs, check the output, lay out the mosaic, cut it into windows, stage.
 
 Runs on rank 0 only; the resulting :class:`Plan` (small metadata, no pixels) is broadcast to every rank,
-without its window list: each worker learns its windows from the scatter.
+without its work lists: each worker learns its work from the scatter and from rank 0's answers.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ComposeConfig
-from .errors import InputError
-from .metadata import RGB_BANDS
-from .mosaic import TileInput, TileSource, layout_mosaic
-from .products import open_product
-from .profiles import creation_options
-from .radiometry import LUT_SIZE, Stretch, build_lut
-from .scheduling import assign_round_robin
-from .sources import Grid
-from .windows import Window, choose_window_size, intersection, plan_windows
-from .writer import OutputSpec, check_output_path, validate_creation_options
+from mpi_s2.config import ComposeConfig
+from mpi_s2.errors import InputError
+from mpi_s2.inputs.metadata import RGB_BANDS
+from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
+from mpi_s2.inputs.products import open_product
+from mpi_s2.output.profiles import creation_options
+from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
+from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging, remove_staging
+from mpi_s2.inputs.bands import Grid, inspect_mask
+from mpi_s2.inputs.decoding import block_count
+from mpi_s2.planning.windows import Window, choose_window_size, intersection, plan_windows
+from mpi_s2.output.writer import OutputSpec, check_output_path, validate_creation_options
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,12 @@ class Plan:
     block_size: tuple[int, int]
     window_size: tuple[int, int]
     windows: tuple[Window, ...]  # only the windows that some input covers
-    queues: dict[int, list[int]]
     output: OutputSpec
     empty_windows: int  # windows no input covers: never read, left as nodata
+    staged: tuple[StagedFile, ...] = ()  # files decoded once into raw copies before windows are composed
+    stage_units: tuple[StageUnit, ...] = ()
+    independent: tuple[bool, ...] = ()  # per window: reads no staged copy (may start before staging ends)
+    blocks_total: tuple[int, ...] = ()  # per source: blocks of its band files (and SCL when masking)
 
 
 def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
@@ -75,7 +79,7 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
     return tiles
 
 
-def make_plan(config: ComposeConfig, worker_ranks: tuple[int, ...]) -> Plan:
+def make_plan(config: ComposeConfig) -> Plan:
     """Check everything that can be checked before any pixel is read, and plan the run."""
     check_output_path(config.output, overwrite=config.overwrite, inputs=config.input_paths)
     tiles = resolve_inputs(config)
@@ -93,9 +97,26 @@ def make_plan(config: ComposeConfig, worker_ranks: tuple[int, ...]) -> Plan:
     if config.cloud_mask:
         metadata["MPI_S2_MASKED_SCL_CLASSES"] = ",".join(map(str, config.mask_classes))
     output = OutputSpec(config.output, grid, config.band_count, options, metadata)
-    queues = assign_round_robin(len(windows), worker_ranks)
-    return Plan(config, grid, tuple(sources), block_size, window_size, windows, queues, output,
-                empty_windows=len(all_windows) - len(windows))
+    blocks_total = tuple(_blocks_total(s, config.cloud_mask) for s in sources)
+    placed = sources
+    try:
+        sources, staged, units = plan_staging(sources, window_size, config.output, cloud_mask=config.cloud_mask)
+    except BaseException:
+        remove_staging(config.output)
+        raise
+    copied = [s.placement for s, before in zip(sources, placed) if s != before]
+    independent = tuple(not any(intersection(w, p) for p in copied) for w in windows)
+    return Plan(config, grid, tuple(sources), block_size, window_size, windows, output,
+                empty_windows=len(all_windows) - len(windows), staged=tuple(staged), stage_units=tuple(units),
+                independent=independent, blocks_total=blocks_total)
+
+
+def _blocks_total(source: TileSource, cloud_mask: bool) -> int:
+    total = 3 * block_count(source.band_grid.size, source.block_size)
+    if cloud_mask and source.scl:
+        info = inspect_mask(source.scl)
+        total += block_count(info.grid.size, info.block_size)
+    return total
 
 
 def plan_luts(plan: Plan) -> np.ndarray:

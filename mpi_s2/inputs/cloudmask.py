@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from mpi_s2.errors import InputError
 
 SCL_CLASSES = {
     0: "no data", 1: "saturated or defective", 2: "dark area / cast shadow", 3: "cloud shadow",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from mpi_s2.errors import InputError
 
 #: Digital number that marks "no data" in Sentinel-2 products.
 NODATA_DN = 0

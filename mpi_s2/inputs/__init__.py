@@ -1,0 +1,1 @@
+"""Inputs: Sentinel-2 products, their metadata, band files and scene classification, read with GDAL."""

@@ -1,0 +1,1 @@
+"""Output backends: the GeoTIFF writer and its creation-option profiles."""

@@ -1,0 +1,300 @@
+"""The compose pipeline: each rank plays its role(s) on one communicator.
+
+1. The planner (rank 0) inspects inputs and plans; the plan (metadata only) is broadcast and the lookup
+   tables are broadcast as one uint8 buffer, so every rank applies the very same tables.
+2. The planner scatters each worker's first batch of work definitions (``Scatterv`` of an int64 table):
+   staging units (decode a misaligned source's blocks once, into a raw copy), then output windows.
+3. Workers do their batch, then ask rank 0 for more (dynamic schedule) or for their next phase (static).
+   For a window they read its sources, apply the tables, compose, and send the uint8 block to the writer.
+4. The writer (rank 0 again) answers requests, receives blocks, alone writes the GeoTIFF, and renames it
+   into place once complete.
+A one-rank job runs the same worker loop and hands blocks straight to the writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+import numpy as np
+from mpi4py import MPI
+
+from mpi_s2.config import ComposeConfig
+from mpi_s2.errors import MpiS2Error
+from mpi_s2.inputs.cloudmask import invalid_class_lut
+from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
+from mpi_s2.inputs.stager import Stager
+from mpi_s2.output.writer import GeoTiffWriter, remove_partial
+from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
+from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
+from mpi_s2.parallel.runtime import CollectiveFailure
+from mpi_s2.parallel.transport import (BLOCK_TAG, HEADER_BYTES, REQUEST_TAG, SLOTS, BlockReceiver, BlockSender, message_buffer,
+                                       pack_block, receive_request, request_work, scatter_batches, send_batch,
+                                       wait_for_message)
+from mpi_s2.pixels.radiometry import LUT_SIZE
+from mpi_s2.pixels.render import WindowRenderer
+from mpi_s2.planning.plan import Plan, make_plan, plan_luts
+from mpi_s2.planning.scheduling import KIND_STAGE, Scheduler, WorkItem, items_to_table, table_to_items
+from mpi_s2.planning.stage_plan import StageUnit, remove_staging
+from mpi_s2.planning.windows import Window
+from mpi_s2.progress import Progress
+from mpi_s2.report import RankStats, build_report, write_report
+
+log = logging.getLogger("mpi_s2")
+
+Batch = list[tuple[WorkItem, "StageUnit | Window"]]
+
+
+class BlockSink(Protocol):
+    def acquire(self, slot: int) -> None: ...
+    def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalSink:
+    """One-rank job: blocks go straight into the writer, no MPI message."""
+
+    def __init__(self, plan: Plan, writer: GeoTiffWriter, stats: RankStats, progress: Progress):
+        self.windows, self.writer, self.stats, self.progress = plan.windows, writer, stats, progress
+        self.done = 0
+
+    def acquire(self, slot: int) -> None:
+        pass
+
+    def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
+        with self.stats.timer("write"):
+            self.writer.write(self.windows[index], block)
+        self.done += 1
+        self.progress.update(self.done)
+
+    def close(self) -> None:
+        pass
+
+
+def broadcast_plan(comm: MPI.Comm, roles: Roles, config: ComposeConfig) -> Plan:
+    """Plan on rank 0 and broadcast it without the work lists (workers get their work by scatter and request).
+
+    An input error found while planning is broadcast too, and raised on every rank as a
+    :class:`CollectiveFailure`, so the job ends cleanly with one message and no abort.
+    """
+    outcome: Plan | MpiS2Error | None = None
+    if roles.is_planner:
+        try:
+            outcome = make_plan(config)
+        except MpiS2Error as exc:
+            outcome = exc
+    shared = outcome
+    if isinstance(outcome, Plan):
+        shared = dataclasses.replace(outcome, windows=(), stage_units=(), independent=())
+    shared = comm.bcast(shared, root=PLANNER_RANK)
+    if isinstance(shared, MpiS2Error):
+        raise CollectiveFailure(shared)
+    assert isinstance(shared, Plan)
+    return outcome if roles.is_planner else shared  # type: ignore[return-value]
+
+
+def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> np.ndarray:
+    """The planner's ``(n_sources, 3, 65536)`` lookup tables on every rank (one ``Bcast`` of a uint8 buffer)."""
+    luts = plan_luts(plan) if roles.is_planner else np.empty((len(plan.sources), 3, LUT_SIZE), dtype=np.uint8)
+    comm.Bcast([luts, MPI.UINT8_T], root=PLANNER_RANK)
+    return luts
+
+
+def make_scheduler(plan: Plan, roles: Roles) -> Scheduler:
+    return Scheduler(len(plan.stage_units), plan.independent, roles.worker_ranks, plan.config.schedule)
+
+
+def batch_table(plan: Plan, items: list[WorkItem]) -> np.ndarray:
+    return items_to_table(items, plan.stage_units, plan.windows)
+
+
+def run_worker(plan: Plan, luts: np.ndarray, first: Batch, more: Callable[[int], Batch], sink: BlockSink,
+               stats: RankStats, counter: DecodeCounter) -> None:
+    """Do batches of work until told to stop: stage units are decoded and copied, windows rendered and sent.
+
+    ``more(staged_done)`` asks for the next batch (empty: stop). Buffers are allocated once.
+    """
+    bands_out = plan.config.band_count
+    max_pixels = plan.window_size[0] * plan.window_size[1]
+    renderer: WindowRenderer | None = None
+    stager: Stager | None = None
+    buffers = [message_buffer(bands_out, max_pixels) for _ in range(SLOTS)]
+    sent = 0
+    batch = first
+    while True:
+        staged_now = False
+        for item, what in batch:
+            if item.kind == KIND_STAGE:
+                assert isinstance(what, StageUnit)
+                stager = stager or Stager(plan.staged, counter)
+                read_s, write_s = stager.stage(what)
+                stats.seconds["read"] += read_s
+                stats.seconds["write"] += write_s
+                stats.stage_units += 1
+                staged_now = True
+                continue
+            assert isinstance(what, Window)
+            if renderer is None:
+                mask_lut = invalid_class_lut(plan.config.mask_classes) if plan.config.cloud_mask else None
+                renderer = WindowRenderer(plan.sources, luts, alpha=plan.config.alpha, mask_lut=mask_lut,
+                                          max_pixels=max_pixels, counter=counter)
+            slot = sent % SLOTS
+            with stats.timer("wait"):
+                sink.acquire(slot)
+            block = pack_block(buffers[slot], item.index, bands_out, what.shape)
+            renderer.render(what, block, stats)
+            sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
+            sent += 1
+            stats.windows += 1
+            stats.pixels += what.size
+        if staged_now and stager is not None:
+            with stats.timer("write"):
+                stager.flush()  # durable and visible before staging is reported done
+        with stats.timer("wait"):
+            batch = more(stats.stage_units)
+        if not batch:
+            break
+    with stats.timer("wait"):
+        sink.close()
+    if stager is not None:
+        stager.close()
+
+
+def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress) -> None:
+    """Answer workers' requests for work and write every window they send; commit the file at the end."""
+    writer = GeoTiffWriter(plan.output)
+    try:
+        receiver = BlockReceiver(comm, message_buffer(plan.config.band_count,
+                                                      plan.window_size[0] * plan.window_size[1]))
+        status = MPI.Status()
+        written = 0
+        while written < len(plan.windows) or not scheduler.finished:
+            with stats.timer("wait"):
+                wait_for_message(comm, status)
+            if status.Get_tag() == REQUEST_TAG:
+                scheduler.request(status.Get_source(), receive_request(comm, status))
+                for worker, items in scheduler.replies():
+                    send_batch(comm, worker, batch_table(plan, items))
+                continue
+            if status.Get_tag() != BLOCK_TAG:
+                raise MpiS2Error(f"writer: unexpected message (tag {status.Get_tag()}) from rank "
+                                 f"{status.Get_source()}")
+            with stats.timer("wait"):
+                index, message = receiver.receive(status)
+            window = plan.windows[index]
+            with stats.timer("write"):
+                writer.write(window, pack_block(message, index, plan.config.band_count, window.shape))
+            written += 1
+            progress.update(written)
+        with stats.timer("write"):
+            writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress, counter: DecodeCounter) -> None:
+    """One process holds every role: the same scheduler and worker loop, without messages."""
+    scheduler = make_scheduler(plan, Roles(0, 1))
+
+    def more(staged_done: int) -> Batch:
+        scheduler.request(0, staged_done)
+        (_, items), = scheduler.replies()
+        return table_to_items(batch_table(plan, items))
+
+    writer = GeoTiffWriter(plan.output)
+    try:
+        first = table_to_items(batch_table(plan, scheduler.first_batches()[0]))
+        run_worker(plan, luts, first, more, LocalSink(plan, writer, stats, progress), stats, counter)
+        with stats.timer("write"):
+            writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def _describe_source(plan: Plan, i: int, blocks: dict[str, int]) -> dict[str, Any]:
+    source = plan.sources[i]
+    return {
+        "input": source.label,
+        "files": {"red": source.files[0], "green": source.files[1], "blue": source.files[2], "scl": source.scl},
+        "placement": dataclasses.asdict(source.placement),
+        "reprojected": source.reprojected,
+        "staged": [f.original for f in plan.staged if f.original in (*source.files, source.scl)],
+        "blocks": {"total": plan.blocks_total[i], **blocks},
+        "radiometry": {band: {"offset": s.offset, "quantification": s.scale}
+                       for band, s in zip(("B04", "B03", "B02"), source.stretches)},
+        "radiometry_note": source.radiometry_note,
+    }
+
+
+def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
+    """Run the compose pipeline on ``comm``. Returns the run report on rank 0, ``None`` elsewhere."""
+    start = time.perf_counter()
+    roles = Roles(comm.rank, comm.size)
+    stats = RankStats(comm.rank, roles.describe())
+    counter = DecodeCounter()
+    threads = decoder_threads(comm, roles)
+    stats.decoder_threads = threads
+    with config_options(rank_options(threads)):
+        plan = broadcast_plan(comm, roles, config)
+        try:
+            luts = broadcast_luts(comm, roles, plan)
+            scheduler = make_scheduler(plan, roles) if roles.is_planner else None
+            progress = Progress(len(plan.windows), enabled=config.progress and roles.is_writer)
+            if roles.serial:
+                run_serial(plan, luts, stats, progress, counter)
+            else:
+                first = scheduler.first_batches() if scheduler else {}
+                mine = scatter_batches(comm, PLANNER_RANK,
+                                       {r: batch_table(plan, b) for r, b in first.items()} if scheduler else None)
+                if roles.is_writer:
+                    assert scheduler is not None
+                    run_writer(comm, plan, scheduler, stats, progress)
+                else:
+                    run_worker(plan, luts, table_to_items(mine),
+                               lambda staged: table_to_items(request_work(comm, WRITER_RANK, staged)),
+                               BlockSender(comm, WRITER_RANK), stats, counter)
+        except BaseException:
+            remove_partial(config.output)
+            remove_staging(config.output)
+            raise
+    ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
+    if not roles.is_planner:
+        return None
+    remove_staging(config.output)
+    wall = time.perf_counter() - start
+    decodes = merge_counts([rank.pop("decode") for rank in ranks])
+    report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
+    if config.report:
+        write_report(config.report, report)
+    log.info("wrote %s (%d x %d, %d windows, %d ranks) in %.1f s",
+             config.output, plan.grid.width, plan.grid.height, len(plan.windows), comm.size, wall)
+    return report
+
+
+def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, dict[str, int]]) -> dict[str, Any]:
+    return {
+        "output": config.output,
+        "inputs": [_describe_source(plan, i, decodes.get(i, {"decoded": 0, "distinct": 0}))
+                   for i in range(len(plan.sources))],
+        "size": list(plan.grid.size),
+        "geotransform": list(plan.grid.geotransform),
+        "window_size": list(plan.window_size),
+        "block_size": list(plan.block_size),
+        "windows": len(plan.windows),
+        "empty_windows_skipped": plan.empty_windows,
+        "stage_units": len(plan.stage_units),
+        "schedule": config.schedule,
+        "pixels": plan.grid.width * plan.grid.height,
+        "mpi_ranks": size,
+        "max_reflectance": config.max_reflectance,
+        "gamma": config.gamma,
+        "cloud_mask_classes": list(config.mask_classes) if config.cloud_mask else None,
+        "resampling": config.resampling if any(s.reprojected for s in plan.sources) else None,
+        "overlap_rule": "first valid pixel in input order",
+        "alpha": config.alpha,
+        "creation_options": dict(plan.output.creation_options),
+    }

@@ -1,0 +1,127 @@
+"""Messages between ranks: pixel blocks, requests for work and batches of work, all as raw numpy buffers.
+
+* A pixel block travels as one uint8 message: an 8-byte header holding the window's index, then the block.
+  The writer learns from the message itself which window it holds, whatever schedule produced it.
+* A worker keeps at most two blocks in flight (it computes the next window while the previous one travels);
+  the writer receives into one reusable buffer, so its memory is bounded whatever the mosaic size.
+* A worker that has finished its batch sends a request (one int64: staging units finished so far) and waits
+  for the next batch: rows of the int64 work table (an empty batch means: stop).
+Waiting is done by polling with short sleeps, never by spinning in ``MPI_Probe``/``Recv``: Open MPI waits by
+spinning on a core, and with more ranks than cores (the writer and two decoders on two cores) a spinning rank
+takes CPU the decoders need. A window takes far longer to produce than the sleep.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from mpi_s2.errors import MpiS2Error
+from mpi_s2.planning.scheduling import ITEM_COLUMNS
+
+BLOCK_TAG = 11
+REQUEST_TAG = 12
+BATCH_TAG = 13
+SLOTS = 2
+HEADER_BYTES = 8
+POLL_MIN_S = 0.0005
+POLL_MAX_S = 0.01
+
+
+def wait_for_message(comm: MPI.Comm, status: MPI.Status, source: int = MPI.ANY_SOURCE,
+                     tag: int = MPI.ANY_TAG) -> None:
+    """Block until a matching message can be received (``status`` describes it), sleeping between polls."""
+    delay = POLL_MIN_S
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        time.sleep(delay)
+        delay = min(2 * delay, POLL_MAX_S)
+
+
+def message_buffer(band_count: int, max_pixels: int) -> np.ndarray:
+    """A send/receive buffer for the largest block: header plus pixels."""
+    return np.empty(HEADER_BYTES + band_count * max_pixels, dtype=np.uint8)
+
+
+def pack_block(buffer: np.ndarray, index: int, band_count: int, shape: tuple[int, int]) -> np.ndarray:
+    """Write ``index`` into ``buffer``'s header; return the view the block's pixels go into."""
+    buffer[:HEADER_BYTES].view(np.int64)[0] = index
+    return buffer[HEADER_BYTES: HEADER_BYTES + band_count * shape[0] * shape[1]].reshape(band_count, *shape)
+
+
+class BlockSender:
+    """Worker side: send each finished block to ``dest``, reusing :data:`SLOTS` buffers."""
+
+    def __init__(self, comm: MPI.Comm, dest: int):
+        self.comm = comm
+        self.dest = dest
+        self._requests = [MPI.REQUEST_NULL] * SLOTS
+
+    def acquire(self, slot: int) -> None:
+        """Wait until buffer ``slot`` has left (call before writing into it)."""
+        self._requests[slot].Wait()
+
+    def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
+        self._requests[slot] = self.comm.Isend([message, MPI.UINT8_T], dest=self.dest, tag=BLOCK_TAG)
+
+    def close(self) -> None:
+        MPI.Request.Waitall(self._requests)
+
+
+class BlockReceiver:
+    """Writer side: receive the block a probe announced into the reusable buffer; return (index, message)."""
+
+    def __init__(self, comm: MPI.Comm, buffer: np.ndarray):
+        self.comm = comm
+        self._buffer = buffer
+
+    def receive(self, status: MPI.Status) -> tuple[int, np.ndarray]:
+        source, count = status.Get_source(), status.Get_count(MPI.UINT8_T)
+        if count < HEADER_BYTES or count > self._buffer.size:
+            raise MpiS2Error(f"writer: block from rank {source} has {count} bytes, at most {self._buffer.size} "
+                             "expected")
+        message = self._buffer[:count]
+        self.comm.Recv([message, MPI.UINT8_T], source=source, tag=BLOCK_TAG)
+        return int(message[:HEADER_BYTES].view(np.int64)[0]), message
+
+
+def request_work(comm: MPI.Comm, dest: int, staged_done: int) -> np.ndarray:
+    """Worker side: ask ``dest`` for more work and wait for the batch (rows of the work table)."""
+    comm.Send([np.array([staged_done], dtype=np.int64), MPI.INT64_T], dest=dest, tag=REQUEST_TAG)
+    status = MPI.Status()
+    wait_for_message(comm, status, source=dest, tag=BATCH_TAG)
+    count = status.Get_count(MPI.INT64_T)
+    batch = np.empty((count // len(ITEM_COLUMNS), len(ITEM_COLUMNS)), dtype=np.int64)
+    comm.Recv([batch, MPI.INT64_T], source=dest, tag=BATCH_TAG)
+    return batch
+
+
+def receive_request(comm: MPI.Comm, status: MPI.Status) -> int:
+    """Scheduler side: the request a probe announced; returns the staging units the worker finished."""
+    staged = np.empty(1, dtype=np.int64)
+    comm.Recv([staged, MPI.INT64_T], source=status.Get_source(), tag=REQUEST_TAG)
+    return int(staged[0])
+
+
+def send_batch(comm: MPI.Comm, dest: int, table: np.ndarray) -> None:
+    """Scheduler side: send a batch (possibly empty: stop) to a worker."""
+    comm.Send([np.ascontiguousarray(table, dtype=np.int64), MPI.INT64_T], dest=dest, tag=BATCH_TAG)
+
+
+def scatter_batches(comm: MPI.Comm, root: int, tables: dict[int, np.ndarray] | None) -> np.ndarray:
+    """Scatter each rank's first batch (``Scatterv`` of the int64 work table); return this rank's rows."""
+    width = len(ITEM_COLUMNS)
+    if comm.rank == root:
+        assert tables is not None
+        parts = [tables.get(r, np.empty((0, width), dtype=np.int64)) for r in range(comm.size)]
+        counts = [p.size for p in parts]
+        displs = [sum(counts[:r]) for r in range(comm.size)]
+        table = np.ascontiguousarray(np.concatenate(parts) if parts else np.empty((0, width)), dtype=np.int64)
+        sendbuf = [table, counts, displs, MPI.INT64_T]
+    else:
+        counts, sendbuf = None, None
+    my_count = comm.scatter(counts, root=root)
+    mine = np.empty((my_count // width, width), dtype=np.int64)
+    comm.Scatterv(sendbuf, [mine, MPI.INT64_T], root=root)
+    return mine
