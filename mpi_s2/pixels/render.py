@@ -39,7 +39,9 @@ class WindowRenderer:
             on_decode = None
             if self.counter is not None:
                 counter, block = self.counter, s.block_size
-                on_decode = lambda file, window: counter.record(i, file, window, block)  # noqa: E731
+
+                def on_decode(file: str, window: Window) -> None:
+                    counter.record(i, file, window, block)
             self._readers[i] = TileReader(s.files, s.datasets, s.scl if use_mask else None,
                                           s.mask_dataset if use_mask else None, on_decode=on_decode)
         return self._readers[i]
