@@ -22,7 +22,7 @@ help:
 	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
 	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
 	@echo "make test-fresh - as root: make demo and make test on a fresh Debian 12 root (debootstrap, chroot)"
-	@echo "make bench   - full-size tile: gdal_translate vs mpi_s2 (mpirun -n 2), medians and peak memory"
+	@echo "make bench   - full-size GeoTIFF tile, JPEG 2000 product and 2 x 2 JPEG 2000 mosaic: gdal_translate vs mpi_s2"
 
 # The Debian stack (GDAL, Open MPI, mpi4py, parallel h5py; wheel for pip's editable install) is installed when
 # missing, as root. Without root, the goals that need it stop at once with one line: the command to run as root.
