@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--report", metavar="JSON", help="write per-rank timings and throughput here")
     compose.add_argument("--window", type=_positive_int, metavar="N",
                          help="window edge in pixels (default: the multiple of the block size closest to 1024)")
+    compose.add_argument("--staging-dir", metavar="DIR",
+                         help="where misaligned sources are decoded once into raw copies (default: beside the "
+                              "output); every rank must see it: a shared file system across nodes, or e.g. "
+                              "/dev/shm when all ranks are on one node")
     compose.add_argument("--schedule", choices=SCHEDULES, default="dynamic",
                          help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
                               "each worker gets a fixed contiguous share")
@@ -161,7 +165,7 @@ def compose_config(args: argparse.Namespace):
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
         cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
         crs=args.crs, resampling=args.resampling, alpha=not args.no_alpha, window=args.window,
-        schedule=args.schedule,
+        schedule=args.schedule, staging_dir=args.staging_dir,
         creation_options=options, overwrite=args.overwrite, report=args.report, progress=not args.quiet,
     )
 

@@ -40,6 +40,7 @@ class ComposeConfig:
     alpha: bool = True
     window: int | None = None
     schedule: str = "dynamic"  # or "static" (see mpi_s2.planning.scheduling)
+    staging_dir: str | None = None  # None: beside the output (see mpi_s2.planning.stage_plan)
     profile: str = DEFAULT_PROFILE
     creation_options: Mapping[str, str] = field(default_factory=dict)
     overwrite: bool = False

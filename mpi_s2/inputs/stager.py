@@ -2,7 +2,10 @@
 
 See :mod:`mpi_s2.planning.stage_plan`. Units of different workers cover disjoint pixels, so they write
 disjoint byte ranges of the raw files with ``pwrite``; nothing is shared but the file. Before a worker reports
-its units done, it flushes them (``fsync``), so that ranks on other nodes of a shared file system read them.
+its units done, it closes the files: on a POSIX file system (local, Lustre, GPFS) written bytes are visible at
+once, and NFS's close-to-open consistency makes them visible to any rank that opens the copy later, which every
+reader does (windows that read a copy start only once staging has ended). Nothing waits for the disk: the copy
+is scratch, removed at the end of the run.
 """
 
 from __future__ import annotations
@@ -78,15 +81,11 @@ class Stager:
         except OSError as exc:
             raise OutputError(f"{f.raw}: writing the staged copy of {f.original} failed: {exc.strerror}") from None
 
-    def flush(self) -> None:
-        """Make every unit written so far durable and visible to other nodes."""
-        for k, fd in self._fds.items():
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                raise OutputError(f"{self.staged[k].raw}: flushing the staged copy failed: {exc.strerror}") from None
-
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        """Close the copies written so far: what they hold is then visible to every rank that opens them."""
+        fds, self._fds = self._fds, {}
+        for k, fd in fds.items():
+            try:
+                os.close(fd)
+            except OSError as exc:
+                raise OutputError(f"{self.staged[k].raw}: writing the staged copy failed: {exc.strerror}") from None

@@ -36,8 +36,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def decoder_threads(comm, roles) -> int:
-    """GDAL decoder threads for this rank, so that decoding ranks x threads does not exceed the node's cores.
+def decoder_threads(comm, roles) -> tuple[int, int]:
+    """GDAL decoder threads for this rank, so that decoding ranks x threads does not exceed the node's cores;
+    and the number of nodes the job spans.
 
     Counted per node (ranks sharing memory): the writer decodes nothing, so with one worker and the writer on
     2 cores the worker gets 2 threads; with two workers, 1 each.
@@ -48,9 +49,10 @@ def decoder_threads(comm, roles) -> int:
     try:
         workers_here = node.allreduce(1 if roles.is_worker else 0)
         cores = node.allreduce(available_cores(), op=MPI.MAX)
+        nodes = comm.allreduce(1 if node.rank == 0 else 0)
     finally:
         node.Free()
-    return max(1, cores // max(1, workers_here))
+    return max(1, cores // max(1, workers_here)), nodes
 
 
 def rank_options(decoder_threads: int = 1, cache_mb: int = DEFAULT_CACHE_MB) -> dict[str, str]:

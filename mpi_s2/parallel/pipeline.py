@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from mpi4py import MPI
@@ -30,9 +30,9 @@ from mpi_s2.output.writer import GeoTiffWriter, remove_partial
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.runtime import CollectiveFailure
-from mpi_s2.parallel.transport import (BLOCK_TAG, HEADER_BYTES, REQUEST_TAG, SLOTS, BlockReceiver, BlockSender, message_buffer,
-                                       pack_block, receive_request, request_work, scatter_batches, send_batch,
-                                       wait_for_message)
+from mpi_s2.parallel.transport import (BLOCK_TAG, HEADER_BYTES, PROGRESS_TAG, REQUEST_TAG, SLOTS, BlockReceiver,
+                                       BlockSender, WorkRequests, message_buffer, pack_block, receive_count,
+                                       BatchSender, scatter_batches, wait_for_message)
 from mpi_s2.pixels.radiometry import LUT_SIZE
 from mpi_s2.pixels.render import WindowRenderer
 from mpi_s2.planning.plan import Plan, make_plan, plan_luts
@@ -73,7 +73,7 @@ class LocalSink:
         pass
 
 
-def broadcast_plan(comm: MPI.Comm, roles: Roles, config: ComposeConfig) -> Plan:
+def broadcast_plan(comm: MPI.Comm, roles: Roles, config: ComposeConfig, single_node: bool = False) -> Plan:
     """Plan on rank 0 and broadcast it without the work lists (workers get their work by scatter and request).
 
     An input error found while planning is broadcast too, and raised on every rank as a
@@ -82,7 +82,7 @@ def broadcast_plan(comm: MPI.Comm, roles: Roles, config: ComposeConfig) -> Plan:
     outcome: Plan | MpiS2Error | None = None
     if roles.is_planner:
         try:
-            outcome = make_plan(config)
+            outcome = make_plan(config, single_node)
         except MpiS2Error as exc:
             outcome = exc
     shared = outcome
@@ -110,11 +110,30 @@ def batch_table(plan: Plan, items: list[WorkItem]) -> np.ndarray:
     return items_to_table(items, plan.stage_units, plan.windows)
 
 
-def run_worker(plan: Plan, luts: np.ndarray, first: Batch, more: Callable[[int], Batch], sink: BlockSink,
+class WorkFeed(Protocol):
+    def ask(self, staged_done: int) -> None: ...
+    def next(self, staged_done: int) -> Batch: ...
+
+
+class MpiFeed:
+    """Batches from rank 0, asked for ahead (see :class:`~mpi_s2.parallel.transport.WorkRequests`)."""
+
+    def __init__(self, comm: MPI.Comm):
+        self.requests = WorkRequests(comm, WRITER_RANK)
+
+    def ask(self, staged_done: int) -> None:
+        self.requests.ask(staged_done)
+
+    def next(self, staged_done: int) -> Batch:
+        return table_to_items(self.requests.next(staged_done))
+
+
+def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink: BlockSink,
                stats: RankStats, counter: DecodeCounter) -> None:
     """Do batches of work until told to stop: stage units are decoded and copied, windows rendered and sent.
 
-    ``more(staged_done)`` asks for the next batch (empty: stop). Buffers are allocated once.
+    The next batch is asked for as the last item of the current one starts; staging units are reported done
+    only once their copies are closed (visible to every rank). Buffers are allocated once.
     """
     bands_out = plan.config.band_count
     max_pixels = plan.window_size[0] * plan.window_size[1]
@@ -123,9 +142,17 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, more: Callable[[int],
     buffers = [message_buffer(bands_out, max_pixels) for _ in range(SLOTS)]
     sent = 0
     batch = first
+
+    def staged_done() -> int:
+        if stager is not None:
+            with stats.timer("write"):
+                stager.close()  # what is reported done must be visible to every rank
+        return stats.stage_units
+
     while True:
-        staged_now = False
-        for item, what in batch:
+        for k, (item, what) in enumerate(batch):
+            if k == len(batch) - 1:
+                feed.ask(staged_done())
             if item.kind == KIND_STAGE:
                 assert isinstance(what, StageUnit)
                 stager = stager or Stager(plan.staged, counter)
@@ -133,7 +160,6 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, more: Callable[[int],
                 stats.seconds["read"] += read_s
                 stats.seconds["write"] += write_s
                 stats.stage_units += 1
-                staged_now = True
                 continue
             assert isinstance(what, Window)
             if renderer is None:
@@ -149,17 +175,13 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, more: Callable[[int],
             sent += 1
             stats.windows += 1
             stats.pixels += what.size
-        if staged_now and stager is not None:
-            with stats.timer("write"):
-                stager.flush()  # durable and visible before staging is reported done
+        done = staged_done()
         with stats.timer("wait"):
-            batch = more(stats.stage_units)
+            batch = feed.next(done)
         if not batch:
             break
     with stats.timer("wait"):
         sink.close()
-    if stager is not None:
-        stager.close()
 
 
 def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress) -> None:
@@ -169,14 +191,19 @@ def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStat
         receiver = BlockReceiver(comm, message_buffer(plan.config.band_count,
                                                       plan.window_size[0] * plan.window_size[1]))
         status = MPI.Status()
+        batches = BatchSender(comm)
         written = 0
         while written < len(plan.windows) or not scheduler.finished:
             with stats.timer("wait"):
                 wait_for_message(comm, status)
-            if status.Get_tag() == REQUEST_TAG:
-                scheduler.request(status.Get_source(), receive_request(comm, status))
+            if status.Get_tag() in (REQUEST_TAG, PROGRESS_TAG):
+                count = receive_count(comm, status)
+                if status.Get_tag() == REQUEST_TAG:
+                    scheduler.request(status.Get_source(), count)
+                else:
+                    scheduler.progress(status.Get_source(), count)
                 for worker, items in scheduler.replies():
-                    send_batch(comm, worker, batch_table(plan, items))
+                    batches.send(worker, batch_table(plan, items))
                 continue
             if status.Get_tag() != BLOCK_TAG:
                 raise MpiS2Error(f"writer: unexpected message (tag {status.Get_tag()}) from rank "
@@ -188,6 +215,8 @@ def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStat
                 writer.write(window, pack_block(message, index, plan.config.band_count, window.shape))
             written += 1
             progress.update(written)
+        with stats.timer("wait"):
+            batches.close()
         with stats.timer("write"):
             writer.commit()
     except BaseException:
@@ -199,15 +228,19 @@ def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress, counter: 
     """One process holds every role: the same scheduler and worker loop, without messages."""
     scheduler = make_scheduler(plan, Roles(0, 1))
 
-    def more(staged_done: int) -> Batch:
-        scheduler.request(0, staged_done)
-        (_, items), = scheduler.replies()
-        return table_to_items(batch_table(plan, items))
+    class LocalFeed:
+        def ask(self, staged_done: int) -> None:
+            pass
+
+        def next(self, staged_done: int) -> Batch:
+            scheduler.request(0, staged_done)
+            (_, items), = scheduler.replies()
+            return table_to_items(batch_table(plan, items))
 
     writer = GeoTiffWriter(plan.output)
     try:
         first = table_to_items(batch_table(plan, scheduler.first_batches()[0]))
-        run_worker(plan, luts, first, more, LocalSink(plan, writer, stats, progress), stats, counter)
+        run_worker(plan, luts, first, LocalFeed(), LocalSink(plan, writer, stats, progress), stats, counter)
         with stats.timer("write"):
             writer.commit()
     except BaseException:
@@ -236,10 +269,10 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     roles = Roles(comm.rank, comm.size)
     stats = RankStats(comm.rank, roles.describe())
     counter = DecodeCounter()
-    threads = decoder_threads(comm, roles)
+    threads, nodes = decoder_threads(comm, roles)
     stats.decoder_threads = threads
     with config_options(rank_options(threads)):
-        plan = broadcast_plan(comm, roles, config)
+        plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
         try:
             luts = broadcast_luts(comm, roles, plan)
             scheduler = make_scheduler(plan, roles) if roles.is_planner else None
@@ -254,17 +287,16 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
                     assert scheduler is not None
                     run_writer(comm, plan, scheduler, stats, progress)
                 else:
-                    run_worker(plan, luts, table_to_items(mine),
-                               lambda staged: table_to_items(request_work(comm, WRITER_RANK, staged)),
+                    run_worker(plan, luts, table_to_items(mine), MpiFeed(comm),
                                BlockSender(comm, WRITER_RANK), stats, counter)
         except BaseException:
             remove_partial(config.output)
-            remove_staging(config.output)
+            remove_staging(plan.staging_directory)
             raise
     ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
     if not roles.is_planner:
         return None
-    remove_staging(config.output)
+    remove_staging(plan.staging_directory)
     wall = time.perf_counter() - start
     decodes = merge_counts([rank.pop("decode") for rank in ranks])
     report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
@@ -287,6 +319,7 @@ def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, di
         "windows": len(plan.windows),
         "empty_windows_skipped": plan.empty_windows,
         "stage_units": len(plan.stage_units),
+        "staging_directory": plan.staging_directory,
         "schedule": config.schedule,
         "pixels": plan.grid.width * plan.grid.height,
         "mpi_ranks": size,

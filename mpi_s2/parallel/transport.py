@@ -4,8 +4,8 @@
   The writer learns from the message itself which window it holds, whatever schedule produced it.
 * A worker keeps at most two blocks in flight (it computes the next window while the previous one travels);
   the writer receives into one reusable buffer, so its memory is bounded whatever the mosaic size.
-* A worker that has finished its batch sends a request (one int64: staging units finished so far) and waits
-  for the next batch: rows of the int64 work table (an empty batch means: stop).
+* A worker asks for its next batch as it starts the last item of the current one (one int64: staging units
+  finished so far), and gets rows of the int64 work table (an empty batch means: stop).
 Waiting is done by polling with short sleeps, never by spinning in ``MPI_Probe``/``Recv``: Open MPI waits by
 spinning on a core, and with more ranks than cores (the writer and two decoders on two cores) a spinning rank
 takes CPU the decoders need. A window takes far longer to produce than the sleep.
@@ -24,6 +24,7 @@ from mpi_s2.planning.scheduling import ITEM_COLUMNS
 BLOCK_TAG = 11
 REQUEST_TAG = 12
 BATCH_TAG = 13
+PROGRESS_TAG = 14
 SLOTS = 2
 HEADER_BYTES = 8
 POLL_MIN_S = 0.0005
@@ -86,27 +87,67 @@ class BlockReceiver:
         return int(message[:HEADER_BYTES].view(np.int64)[0]), message
 
 
-def request_work(comm: MPI.Comm, dest: int, staged_done: int) -> np.ndarray:
-    """Worker side: ask ``dest`` for more work and wait for the batch (rows of the work table)."""
-    comm.Send([np.array([staged_done], dtype=np.int64), MPI.INT64_T], dest=dest, tag=REQUEST_TAG)
-    status = MPI.Status()
-    wait_for_message(comm, status, source=dest, tag=BATCH_TAG)
-    count = status.Get_count(MPI.INT64_T)
-    batch = np.empty((count // len(ITEM_COLUMNS), len(ITEM_COLUMNS)), dtype=np.int64)
-    comm.Recv([batch, MPI.INT64_T], source=dest, tag=BATCH_TAG)
-    return batch
+class WorkRequests:
+    """Worker side of the work protocol, asking ahead so that the answer is there when the batch ends.
+
+    :meth:`ask` sends a request (once per batch) as the worker starts its last item; :meth:`next` reports
+    staging units finished since then (a progress message, so that rank 0 never waits for a count the worker
+    has not sent) and waits for the batch.
+    """
+
+    def __init__(self, comm: MPI.Comm, dest: int):
+        self.comm, self.dest = comm, dest
+        self._asked: int | None = None  # staging units reported by the outstanding request
+
+    def _send(self, tag: int, staged_done: int) -> None:
+        self.comm.Send([np.array([staged_done], dtype=np.int64), MPI.INT64_T], dest=self.dest, tag=tag)
+
+    def ask(self, staged_done: int) -> None:
+        if self._asked is None:
+            self._send(REQUEST_TAG, staged_done)
+            self._asked = staged_done
+
+    def next(self, staged_done: int) -> np.ndarray:
+        """The next batch (rows of the work table; empty: stop)."""
+        if self._asked is None:
+            self._send(REQUEST_TAG, staged_done)
+        elif staged_done != self._asked:
+            self._send(PROGRESS_TAG, staged_done)
+        self._asked = None
+        status = MPI.Status()
+        wait_for_message(self.comm, status, source=self.dest, tag=BATCH_TAG)
+        count = status.Get_count(MPI.INT64_T)
+        batch = np.empty((count // len(ITEM_COLUMNS), len(ITEM_COLUMNS)), dtype=np.int64)
+        self.comm.Recv([batch, MPI.INT64_T], source=self.dest, tag=BATCH_TAG)
+        return batch
 
 
-def receive_request(comm: MPI.Comm, status: MPI.Status) -> int:
-    """Scheduler side: the request a probe announced; returns the staging units the worker finished."""
+def receive_count(comm: MPI.Comm, status: MPI.Status) -> int:
+    """Scheduler side: the request or progress message a probe announced (staging units finished)."""
     staged = np.empty(1, dtype=np.int64)
-    comm.Recv([staged, MPI.INT64_T], source=status.Get_source(), tag=REQUEST_TAG)
+    comm.Recv([staged, MPI.INT64_T], source=status.Get_source(), tag=status.Get_tag())
     return int(staged[0])
 
 
-def send_batch(comm: MPI.Comm, dest: int, table: np.ndarray) -> None:
-    """Scheduler side: send a batch (possibly empty: stop) to a worker."""
-    comm.Send([np.ascontiguousarray(table, dtype=np.int64), MPI.INT64_T], dest=dest, tag=BATCH_TAG)
+class BatchSender:
+    """Scheduler side: send batches (possibly empty: stop) without waiting for the worker to receive them.
+
+    A worker asks ahead and receives its batch only when it has finished its current item; a blocking
+    ``Send`` of more than a few dozen bytes would wait (spinning) until then, taking CPU from the decoders.
+    """
+
+    def __init__(self, comm: MPI.Comm):
+        self.comm = comm
+        self._in_flight: list[tuple[MPI.Request, np.ndarray]] = []
+
+    def send(self, dest: int, table: np.ndarray) -> None:
+        buffer = np.ascontiguousarray(table, dtype=np.int64)
+        self._in_flight = [(r, b) for r, b in self._in_flight if not r.Test()]
+        self._in_flight.append((self.comm.Isend([buffer, MPI.INT64_T], dest=dest, tag=BATCH_TAG), buffer))
+
+    def close(self) -> None:
+        MPI.Request.Waitall([r for r, _ in self._in_flight])
+        self._in_flight = []
 
 
 def scatter_batches(comm: MPI.Comm, root: int, tables: dict[int, np.ndarray] | None) -> np.ndarray:

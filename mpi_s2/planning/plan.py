@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpi_s2.config import ComposeConfig
-from mpi_s2.errors import InputError
+from mpi_s2.errors import InputError, OutputError
 from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.profiles import creation_options
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
-from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging, remove_staging
+from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging
 from mpi_s2.inputs.bands import Grid, inspect_mask
 from mpi_s2.inputs.decoding import block_count
 from mpi_s2.planning.windows import Window, choose_window_size, intersection, plan_windows
@@ -39,6 +39,7 @@ class Plan:
     stage_units: tuple[StageUnit, ...] = ()
     independent: tuple[bool, ...] = ()  # per window: reads no staged copy (may start before staging ends)
     blocks_total: tuple[int, ...] = ()  # per source: blocks of its band files (and SCL when masking)
+    staging_directory: str | None = None  # where the staged copies are (removed at the end)
 
 
 def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
@@ -79,9 +80,11 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
     return tiles
 
 
-def make_plan(config: ComposeConfig) -> Plan:
+def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     """Check everything that can be checked before any pixel is read, and plan the run."""
     check_output_path(config.output, overwrite=config.overwrite, inputs=config.input_paths)
+    if config.staging_dir and not (os.path.isdir(config.staging_dir) and os.access(config.staging_dir, os.W_OK)):
+        raise OutputError(f"{config.staging_dir}: --staging-dir is not a writable directory")
     tiles = resolve_inputs(config)
     grid, sources, block_size = layout_mosaic(tiles, config.crs, config.resampling)
     window_size = choose_window_size(block_size, grid.size, config.window)
@@ -99,16 +102,14 @@ def make_plan(config: ComposeConfig) -> Plan:
     output = OutputSpec(config.output, grid, config.band_count, options, metadata)
     blocks_total = tuple(_blocks_total(s, config.cloud_mask) for s in sources)
     placed = sources
-    try:
-        sources, staged, units = plan_staging(sources, window_size, config.output, cloud_mask=config.cloud_mask)
-    except BaseException:
-        remove_staging(config.output)
-        raise
+    sources, staged, units, staging = plan_staging(sources, window_size, config.output,
+                                                   cloud_mask=config.cloud_mask, parent=config.staging_dir,
+                                                   single_node=single_node)
     copied = [s.placement for s, before in zip(sources, placed) if s != before]
     independent = tuple(not any(intersection(w, p) for p in copied) for w in windows)
     return Plan(config, grid, tuple(sources), block_size, window_size, windows, output,
                 empty_windows=len(all_windows) - len(windows), staged=tuple(staged), stage_units=tuple(units),
-                independent=independent, blocks_total=blocks_total)
+                independent=independent, blocks_total=blocks_total, staging_directory=staging)
 
 
 def _blocks_total(source: TileSource, cloud_mask: bool) -> int:

@@ -84,8 +84,8 @@ class Scheduler:
     """Rank 0's bookkeeping of who has what; answers workers' requests for more work.
 
     ``independent[i]`` says whether window ``i`` can start before staging ends. A request carries the number
-    of staging units the worker has finished (all it was given, since it asks only when its batch is done);
-    staging has ended when every unit is handed out and reported done. An empty batch tells a worker to stop.
+    of staging units the worker has finished; staging has ended when every unit is handed out and reported
+    done. An empty batch tells a worker to stop.
     """
 
     def __init__(self, n_stage: int, independent: Sequence[bool], workers: Sequence[int], policy: str = "dynamic"):
@@ -160,9 +160,17 @@ class Scheduler:
         return batches
 
     def request(self, worker: int, staged_done: int) -> None:
-        """``worker`` finished its batch, having finished ``staged_done`` staging units in all."""
+        """``worker`` asks for its next batch, having finished ``staged_done`` staging units in all.
+
+        A worker asks ahead, as it starts the last item of its batch; if that item is a staging unit, it
+        reports it with :meth:`progress` before it waits for the answer.
+        """
         self._staged_done[worker] = staged_done
         self._pending.append(worker)
+
+    def progress(self, worker: int, staged_done: int) -> None:
+        """``worker`` has now finished ``staged_done`` staging units in all (its request is pending)."""
+        self._staged_done[worker] = staged_done
 
     def replies(self) -> list[tuple[int, list[WorkItem]]]:
         """Answer every pending request that can be answered now (an empty batch stops the worker)."""

@@ -16,6 +16,7 @@ Pure planning, plus writing the small VRT files and sizing the raw files (rank 0
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -57,15 +58,65 @@ class StageUnit:
     window: Window  # in the files' own pixel coordinates
 
 
-def staging_directory(output: str) -> str:
-    """Where staged copies live: beside the output (a shared file system in a cluster job), hidden."""
+def staging_directory(output: str, parent: str | None = None) -> str:
+    """Where staged copies live: beside the output (hidden), or in ``parent`` under a name made from the output.
+
+    Every rank must see it: a shared file system in a multi-node job, or node-local memory (``/dev/shm``) when
+    all ranks share one node.
+    """
     head, tail = os.path.split(os.path.abspath(output))
-    return os.path.join(head, f".{tail}.staging")
+    if parent is None:
+        return os.path.join(head, f".{tail}.staging")
+    digest = hashlib.sha1(os.path.abspath(output).encode()).hexdigest()[:12]
+    return os.path.join(parent, f"mpi_s2-{tail}-{digest}.staging")
 
 
-def remove_staging(output: str) -> None:
-    """Best-effort removal of the staged copies of ``output`` (after the run, or when it fails)."""
-    shutil.rmtree(staging_directory(output), ignore_errors=True)
+def remove_staging(directory: str | None) -> None:
+    """Best-effort removal of a staging directory (after the run, or when it fails)."""
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+#: Node-local memory: the default place for staged copies when every rank runs on one node.
+SHARED_MEMORY = "/dev/shm"
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def choose_staging_parent(explicit: str | None, single_node: bool, needed: int) -> str | None:
+    """Where the staging directory goes: ``explicit`` if given; else node-local memory when all ranks share one
+    node and it holds twice the copies with memory to spare; else None (beside the output, which every node of
+    a cluster sees)."""
+    if explicit:
+        return explicit
+    if not single_node or not os.path.isdir(SHARED_MEMORY) or not os.access(SHARED_MEMORY, os.W_OK):
+        return None
+    fs = os.statvfs(SHARED_MEMORY)
+    if fs.f_bavail * fs.f_frsize >= 2 * needed and _available_memory() >= 2 * needed:
+        return SHARED_MEMORY
+    return None
+
+
+def _staged_files(sources: list[TileSource], window_size: tuple[int, int], cloud_mask: bool):
+    """What to stage: ``(source index, kind, file, data type, block size, grid)`` in staging order."""
+    plan = []
+    for i, source in enumerate(sources):
+        if not reads_directly(source, window_size):
+            for band, f in zip(("red", "green", "blue"), source.files):
+                plan.append((i, band, f, "UInt16", source.block_size, source.band_grid))
+        if cloud_mask and source.scl and source.mask_warp:
+            info = inspect_mask(source.scl)
+            plan.append((i, "scl", source.scl, "Byte", info.block_size, info.grid))
+    return plan
 
 
 def reads_directly(source: TileSource, window_size: tuple[int, int]) -> bool:
@@ -82,7 +133,7 @@ def unit_windows(grid: Grid, block_size: tuple[int, int]) -> list[Window]:
     return plan_windows(grid.size, choose_window_size(block_size, grid.size))
 
 
-def _write_raw_vrt(original: str, vrt: str, raw: str, data_type: str) -> Grid:
+def _write_raw_vrt(original: str, vrt: str, raw: str, data_type: str) -> None:
     """Create ``raw`` (sparse, full size) and a VRT over it with ``original``'s size and georeferencing."""
     src = gdal.Open(original)
     width, height = src.RasterXSize, src.RasterYSize
@@ -97,48 +148,47 @@ def _write_raw_vrt(original: str, vrt: str, raw: str, data_type: str) -> Grid:
         "subclass=VRTRawRasterBand", f"SourceFilename={os.path.basename(raw)}", "relativeToVRT=1",
         "ImageOffset=0", f"PixelOffset={itemsize}", f"LineOffset={itemsize * width}", "ByteOrder=LSB"])
     ds = None  # writes the VRT
-    return Grid(width, height, tuple(src.GetGeoTransform()), src.GetProjection() or "")  # type: ignore[arg-type]
 
 
-def plan_staging(sources: list[TileSource], window_size: tuple[int, int], output: str, *, cloud_mask: bool
-                 ) -> tuple[list[TileSource], list[StagedFile], list[StageUnit]]:
-    """Decide what to stage, create the copies' VRTs, and point the sources at them.
+def plan_staging(sources: list[TileSource], window_size: tuple[int, int], output: str, *, cloud_mask: bool,
+                 parent: str | None = None, single_node: bool = False
+                 ) -> tuple[list[TileSource], list[StagedFile], list[StageUnit], str | None]:
+    """Decide what to stage and where, create the copies' VRTs, and point the sources at them.
 
-    Returns the sources (staged ones now open the copies), the staged files and the units, band units first
-    (in source order, row-major), then the scene classifications.
+    Returns the sources (staged ones now open the copies), the staged files, the units (in source order,
+    bands then SCL, row-major) and the staging directory (None when nothing is staged).
     """
-    directory = staging_directory(output)
+    todo = _staged_files(sources, window_size, cloud_mask)
+    if not todo:
+        return list(sources), [], [], None
+    needed = sum(grid.width * grid.height * _ITEMSIZE[dtype] for *_, dtype, _block, grid in todo)
+    directory = staging_directory(output, choose_staging_parent(parent, single_node, needed))
+    shutil.rmtree(directory, ignore_errors=True)  # left by a run that was killed
+    try:
+        os.makedirs(directory)
+    except OSError as exc:
+        raise OutputError(f"{output}: cannot create the staging directory {directory}: {exc.strerror}") from None
     staged: list[StagedFile] = []
-    band_units: list[StageUnit] = []
-    mask_units: list[StageUnit] = []
-    result: list[TileSource] = []
-
-    def stage(source_index: int, kind: str, original: str, data_type: str, block: tuple[int, int]) -> int:
-        if not staged:
-            shutil.rmtree(directory, ignore_errors=True)  # left by a run that was killed
-            try:
-                os.makedirs(directory)
-            except OSError as exc:
-                raise OutputError(f"{output}: cannot create the staging directory {directory}: "
-                                  f"{exc.strerror}") from None
-        stem = os.path.join(directory, f"source{source_index}-{kind}")
-        grid = _write_raw_vrt(original, stem + ".vrt", stem + ".raw", data_type)
-        staged.append(StagedFile(original, stem + ".vrt", stem + ".raw", grid, block, data_type))
-        return len(staged) - 1
-
-    for i, source in enumerate(sources):
-        changes: dict = {}
-        if not reads_directly(source, window_size):
-            idx = tuple(stage(i, band, f, "UInt16", source.block_size)
-                        for band, f in zip(("red", "green", "blue"), source.files))
-            band_units += [StageUnit(i, idx, w) for w in unit_windows(source.band_grid, source.block_size)]
-            copies = tuple(staged[k].vrt for k in idx)
-            changes["datasets"] = (tuple(source.band_warp.xml(v) for v in copies) if source.band_warp
-                                   else copies)
-        if cloud_mask and source.scl and source.mask_warp:
-            info = inspect_mask(source.scl)
-            k = stage(i, "scl", source.scl, "Byte", info.block_size)
-            mask_units += [StageUnit(i, (k,), w) for w in unit_windows(info.grid, info.block_size)]
-            changes["mask_dataset"] = source.mask_warp.xml(staged[k].vrt)
-        result.append(dataclasses.replace(source, **changes) if changes else source)
-    return result, staged, band_units + mask_units
+    units: list[StageUnit] = []
+    changes: dict[int, dict] = {i: {} for i in range(len(sources))}
+    for i, kind, original, dtype, block, grid in todo:
+        stem = os.path.join(directory, f"source{i}-{kind}")
+        try:
+            _write_raw_vrt(original, stem + ".vrt", stem + ".raw", dtype)
+        except (OSError, RuntimeError) as exc:
+            remove_staging(directory)
+            raise OutputError(f"{output}: cannot create the staged copy of {original} in {directory}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        staged.append(StagedFile(original, stem + ".vrt", stem + ".raw", grid, block, dtype))
+        k = len(staged) - 1
+        if kind == "scl":
+            units += [StageUnit(i, (k,), w) for w in unit_windows(grid, block)]
+            changes[i]["mask_dataset"] = sources[i].mask_warp.xml(staged[k].vrt)  # type: ignore[union-attr]
+        elif kind == "blue":
+            idx = (k - 2, k - 1, k)
+            units += [StageUnit(i, idx, w) for w in unit_windows(grid, block)]
+            copies = tuple(staged[j].vrt for j in idx)
+            warp = sources[i].band_warp
+            changes[i]["datasets"] = tuple(warp.xml(v) for v in copies) if warp else copies
+    result = [dataclasses.replace(s, **changes[i]) if changes[i] else s for i, s in enumerate(sources)]
+    return result, staged, units, directory
