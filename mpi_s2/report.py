@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 if TYPE_CHECKING:
     from mpi_s2.inputs.decoding import DecodeCounter
 
-PHASES = ("read", "compute", "wait", "write")
+PHASES = ("read", "compute", "encode", "wait", "write")
 
 
 @dataclass
@@ -65,6 +65,23 @@ def busy_imbalance(ranks: list[dict[str, Any]]) -> float | None:
     return round(max(busy) / mean, 4) if mean > 0 else None
 
 
+def saturation_point(ranks: list[dict[str, Any]]) -> dict[str, float] | None:
+    """N*: how many workers one writer can serve, (mean worker CPU seconds per window) / (writer's per window).
+
+    The writer's CPU time includes planning; a job with more workers than N* waits for its writer.
+    """
+    workers = [r for r in ranks if r["role"] == "worker"]
+    writers = [r for r in ranks if "writer" in r["role"] and "worker" not in r["role"]]
+    windows = sum(r["windows"] for r in workers)
+    if not workers or not writers or not windows:
+        return None
+    per_worker_window = sum(r["cpu_s"] for r in workers) / windows
+    per_writer_window = sum(r["cpu_s"] for r in writers) / windows
+    return {"worker_cpu_s_per_window": round(per_worker_window, 5),
+            "writer_cpu_s_per_window": round(per_writer_window, 5),
+            "n_star": round(per_worker_window / per_writer_window, 1) if per_writer_window > 0 else None}
+
+
 def build_report(summary: dict[str, Any], ranks: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     pixels = summary["pixels"]
     return {
@@ -72,6 +89,7 @@ def build_report(summary: dict[str, Any], ranks: list[dict[str, Any]], wall_s: f
         "wall_s": round(wall_s, 4),
         "pixels_per_s": round(pixels / wall_s, 1) if wall_s > 0 else None,
         "worker_busy_imbalance": busy_imbalance(ranks),
+        "output_stage": saturation_point(ranks),
         "hosts": sorted({r["host"] for r in ranks}),
         "ranks": ranks,
     }

@@ -96,7 +96,8 @@ def test_report_accounts_for_every_window(scene, tmp_path):
     assert ranks[1]["windows"] + ranks[2]["windows"] == 4
     assert ranks[1]["pixels"] + ranks[2]["pixels"] == 1300 * 1100
     assert ranks[0]["seconds"]["write"] > 0 and ranks[1]["seconds"]["read"] > 0
-    assert set(ranks[1]["seconds"]) == {"read", "compute", "wait", "write"}
+    assert set(ranks[1]["seconds"]) == {"read", "compute", "encode", "wait", "write"}
+    assert report["tiles_encoded_by"] == "workers" and report["output_stage"]["n_star"] > 0
     assert all(r["peak_rss_mb"] > 0 for r in ranks.values())
     assert report["pixels_per_s"] > 0 and report["wall_s"] > 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,12 +27,14 @@ from mpi_s2.errors import MpiS2Error
 from mpi_s2.inputs.cloudmask import invalid_class_lut
 from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
 from mpi_s2.inputs.stager import Stager
+from mpi_s2.output.tiff_assembly import TiledTiffAssembler
+from mpi_s2.output.tiles import TileEncoder, TileLayout, tile_size, unpack_tiles
 from mpi_s2.output.writer import GeoTiffWriter, remove_partial
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.runtime import CollectiveFailure
 from mpi_s2.parallel.transport import (BLOCK_TAG, HEADER_BYTES, PROGRESS_TAG, REQUEST_TAG, SLOTS, BlockReceiver,
-                                       BlockSender, WorkRequests, message_buffer, pack_block, receive_count,
+                                       BlockSender, WorkRequests, message_buffer, pack_block, receive_count, tile_message,
                                        BatchSender, scatter_batches, wait_for_message)
 from mpi_s2.pixels.radiometry import LUT_SIZE
 from mpi_s2.pixels.render import WindowRenderer
@@ -129,7 +132,7 @@ class MpiFeed:
 
 
 def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink: BlockSink,
-               stats: RankStats, counter: DecodeCounter) -> None:
+               stats: RankStats, counter: DecodeCounter, encode_tiles: bool = False) -> None:
     """Do batches of work until told to stop: stage units are decoded and copied, windows rendered and sent.
 
     The next batch is asked for as the last item of the current one starts; staging units are reported done
@@ -140,6 +143,10 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
     renderer: WindowRenderer | None = None
     stager: Stager | None = None
     buffers = [message_buffer(bands_out, max_pixels) for _ in range(SLOTS)]
+    messages: list[np.ndarray | None] = [None] * SLOTS  # encoded tiles in flight
+    encoder = (TileEncoder(plan.output.creation_options, TileLayout(*plan.grid.size,
+                                                                     tile_size(plan.output.creation_options)),
+                           bands_out) if encode_tiles and plan.writer_encodes_because is None else None)
     sent = 0
     batch = first
 
@@ -171,7 +178,12 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
                 sink.acquire(slot)
             block = pack_block(buffers[slot], item.index, bands_out, what.shape)
             renderer.render(what, block, stats)
-            sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
+            if encoder is not None:
+                with stats.timer("encode"):
+                    messages[slot] = tile_message(item.index, encoder.encode(what, block))
+                sink.deliver(slot, messages[slot], item.index, block)
+            else:
+                sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
             sent += 1
             stats.windows += 1
             stats.pixels += what.size
@@ -184,39 +196,67 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
         sink.close()
 
 
+def receive_windows(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress
+                    ) -> Iterator[tuple[int, np.ndarray]]:
+    """Rank 0's loop: answer workers' requests for work, and yield each window's message as it arrives.
+
+    Ends when every window has arrived and every worker has been told to stop. The message is valid until the
+    next one is received.
+    """
+    receiver = BlockReceiver(comm, message_buffer(plan.config.band_count, plan.window_size[0] * plan.window_size[1]),
+                             len(plan.windows))
+    status = MPI.Status()
+    batches = BatchSender(comm)
+    received = 0
+    while received < len(plan.windows) or not scheduler.finished:
+        with stats.timer("wait"):
+            wait_for_message(comm, status)
+        if status.Get_tag() in (REQUEST_TAG, PROGRESS_TAG):
+            count = receive_count(comm, status)
+            if status.Get_tag() == REQUEST_TAG:
+                scheduler.request(status.Get_source(), count)
+            else:
+                scheduler.progress(status.Get_source(), count)
+            for worker, items in scheduler.replies():
+                batches.send(worker, batch_table(plan, items))
+            continue
+        if status.Get_tag() != BLOCK_TAG:
+            raise MpiS2Error(f"writer: unexpected message (tag {status.Get_tag()}) from rank {status.Get_source()}")
+        with stats.timer("wait"):
+            index, message = receiver.receive(status)
+        received += 1
+        yield index, message
+        progress.update(received)
+    with stats.timer("wait"):
+        batches.close()
+
+
 def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress) -> None:
-    """Answer workers' requests for work and write every window they send; commit the file at the end."""
+    """Write every window the workers send, as GDAL writes (encoding tiles here) or by placing the tiles the
+    workers encoded; commit the file at the end."""
+    messages = receive_windows(comm, plan, scheduler, stats, progress)
+    if plan.writer_encodes_because is None:
+        assembler = TiledTiffAssembler(plan.output)
+        try:
+            def windows() -> Iterator[list[tuple[int, bytes]]]:
+                for _index, message in messages:
+                    with stats.timer("write"):
+                        tiles = unpack_tiles(message[HEADER_BYTES:])
+                    yield tiles
+
+            with stats.timer("write"):
+                assembler.write(windows())
+                assembler.commit()
+        except BaseException:
+            assembler.discard()
+            raise
+        return
     writer = GeoTiffWriter(plan.output)
     try:
-        receiver = BlockReceiver(comm, message_buffer(plan.config.band_count,
-                                                      plan.window_size[0] * plan.window_size[1]))
-        status = MPI.Status()
-        batches = BatchSender(comm)
-        written = 0
-        while written < len(plan.windows) or not scheduler.finished:
-            with stats.timer("wait"):
-                wait_for_message(comm, status)
-            if status.Get_tag() in (REQUEST_TAG, PROGRESS_TAG):
-                count = receive_count(comm, status)
-                if status.Get_tag() == REQUEST_TAG:
-                    scheduler.request(status.Get_source(), count)
-                else:
-                    scheduler.progress(status.Get_source(), count)
-                for worker, items in scheduler.replies():
-                    batches.send(worker, batch_table(plan, items))
-                continue
-            if status.Get_tag() != BLOCK_TAG:
-                raise MpiS2Error(f"writer: unexpected message (tag {status.Get_tag()}) from rank "
-                                 f"{status.Get_source()}")
-            with stats.timer("wait"):
-                index, message = receiver.receive(status)
+        for index, message in messages:
             window = plan.windows[index]
             with stats.timer("write"):
                 writer.write(window, pack_block(message, index, plan.config.band_count, window.shape))
-            written += 1
-            progress.update(written)
-        with stats.timer("wait"):
-            batches.close()
         with stats.timer("write"):
             writer.commit()
     except BaseException:
@@ -288,7 +328,7 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
                     run_writer(comm, plan, scheduler, stats, progress)
                 else:
                     run_worker(plan, luts, table_to_items(mine), MpiFeed(comm),
-                               BlockSender(comm, WRITER_RANK), stats, counter)
+                               BlockSender(comm, WRITER_RANK), stats, counter, encode_tiles=True)
         except BaseException:
             remove_partial(config.output)
             remove_staging(plan.staging_directory)
@@ -330,4 +370,6 @@ def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, di
         "overlap_rule": "first valid pixel in input order",
         "alpha": config.alpha,
         "creation_options": dict(plan.output.creation_options),
+        "tiles_encoded_by": ("workers" if plan.writer_encodes_because is None and size > 1
+                             else "writer (one rank)" if size == 1 else f"writer: {plan.writer_encodes_because}"),
     }

@@ -73,16 +73,22 @@ def run_job(main: Callable[[object], object], comm=None) -> int:
         if comm.rank == 0:
             report_error(str(failure.error))
         return failure.error.exit_code
+    # Abort inside the except clauses: the exception's frames still hold the buffers of messages in flight, which
+    # must not be freed (and reused) while another rank may still be receiving them.
     except MpiS2Error as exc:
         report_error(str(exc), comm.rank if comm.size > 1 else None)
-        code = exc.exit_code
+        return _abort(comm, exc.exit_code)
     except KeyboardInterrupt:
         report_error("interrupted", comm.rank if comm.size > 1 else None)
-        code = 130
+        return _abort(comm, 130)
     except BaseException as exc:  # a bug: keep the traceback, but still end the job
         traceback.print_exc()
         report_error(f"internal error: {type(exc).__name__}: {exc}", comm.rank if comm.size > 1 else None)
-        code = 1
+        return _abort(comm, 1)
+
+
+def _abort(comm, code: int) -> int:
+    """End every rank of a multi-rank job at once; a one-rank job just returns its exit code."""
     if comm.size > 1:
         comm.Abort(code)
     return code

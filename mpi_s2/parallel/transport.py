@@ -19,6 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpi_s2.errors import MpiS2Error
+from mpi_s2.output.tiles import pack_tiles
 from mpi_s2.planning.scheduling import ITEM_COLUMNS
 
 BLOCK_TAG = 11
@@ -70,21 +71,41 @@ class BlockSender:
         MPI.Request.Waitall(self._requests)
 
 
-class BlockReceiver:
-    """Writer side: receive the block a probe announced into the reusable buffer; return (index, message)."""
+def tile_message(index: int, tiles: list[tuple[int, bytes]]) -> np.ndarray:
+    """A window's encoded tiles as one uint8 message: the window index, then :func:`pack_tiles`' buffers."""
+    table, payload = pack_tiles(tiles)
+    message = np.empty(HEADER_BYTES + table.nbytes + payload.nbytes, dtype=np.uint8)
+    message[:HEADER_BYTES].view(np.int64)[0] = index
+    message[HEADER_BYTES: HEADER_BYTES + table.nbytes] = table.view(np.uint8)
+    message[HEADER_BYTES + table.nbytes:] = payload
+    return message
 
-    def __init__(self, comm: MPI.Comm, buffer: np.ndarray):
+
+class BlockReceiver:
+    """Writer side: receive the message a probe announced into a reusable buffer; return (index, message).
+
+    Raw blocks fit the buffer made for the largest window; encoded tiles can be a little larger than raw
+    pixels (incompressible data), and the buffer grows for them.
+    """
+
+    def __init__(self, comm: MPI.Comm, buffer: np.ndarray, windows: int):
         self.comm = comm
         self._buffer = buffer
+        self.windows = windows
 
     def receive(self, status: MPI.Status) -> tuple[int, np.ndarray]:
         source, count = status.Get_source(), status.Get_count(MPI.UINT8_T)
-        if count < HEADER_BYTES or count > self._buffer.size:
-            raise MpiS2Error(f"writer: block from rank {source} has {count} bytes, at most {self._buffer.size} "
-                             "expected")
+        if count < HEADER_BYTES:
+            raise MpiS2Error(f"writer: message from rank {source} has {count} bytes, less than a header")
+        if count > self._buffer.size:
+            self._buffer = np.empty(count, dtype=np.uint8)
         message = self._buffer[:count]
         self.comm.Recv([message, MPI.UINT8_T], source=source, tag=BLOCK_TAG)
-        return int(message[:HEADER_BYTES].view(np.int64)[0]), message
+        index = int(message[:HEADER_BYTES].view(np.int64)[0])
+        if not 0 <= index < self.windows:
+            raise MpiS2Error(f"writer: message from rank {source} names window {index}, not one of the plan's "
+                             f"{self.windows}")
+        return index, message
 
 
 class WorkRequests:

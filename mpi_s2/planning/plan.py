@@ -17,6 +17,7 @@ from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.profiles import creation_options
+from mpi_s2.output.tiles import workers_can_compress
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging
 from mpi_s2.inputs.bands import Grid, inspect_mask
@@ -40,6 +41,7 @@ class Plan:
     independent: tuple[bool, ...] = ()  # per window: reads no staged copy (may start before staging ends)
     blocks_total: tuple[int, ...] = ()  # per source: blocks of its band files (and SCL when masking)
     staging_directory: str | None = None  # where the staged copies are (removed at the end)
+    writer_encodes_because: str | None = None  # None: workers encode whole output tiles; else why not
 
 
 def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
@@ -109,7 +111,8 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     independent = tuple(not any(intersection(w, p) for p in copied) for w in windows)
     return Plan(config, grid, tuple(sources), block_size, window_size, windows, output,
                 empty_windows=len(all_windows) - len(windows), staged=tuple(staged), stage_units=tuple(units),
-                independent=independent, blocks_total=blocks_total, staging_directory=staging)
+                independent=independent, blocks_total=blocks_total, staging_directory=staging,
+                writer_encodes_because=workers_can_compress(options, window_size))
 
 
 def _blocks_total(source: TileSource, cloud_mask: bool) -> int:
