@@ -55,8 +55,10 @@ venv: system-deps $(VENV)/.installed
 demo: venv
 	$(PY) -m mpi_s2 synth $(DEMO_DIR)/scene --size $(DEMO_SIZE)
 	$(MPIRUN) -n 3 $(PY) -m mpi_s2 compose --red $(DEMO_DIR)/scene/B04.tif --green $(DEMO_DIR)/scene/B03.tif \
-	  --blue $(DEMO_DIR)/scene/B02.tif -o $(DEMO_DIR)/rgb.tif --overwrite --report $(DEMO_DIR)/run.json
+	  --blue $(DEMO_DIR)/scene/B02.tif -o $(DEMO_DIR)/rgb.tif --overwrite --report $(DEMO_DIR)/run.json \
+	  --quicklook $(DEMO_DIR)/rgb.png
 	@echo "GeoTIFF: $(abspath $(DEMO_DIR))/rgb.tif   (run report: $(abspath $(DEMO_DIR))/run.json)"
+	@echo "quicklook: $(abspath $(DEMO_DIR))/rgb.png"
 
 # In-process MPI tests on 2 and 3 ranks (pytest-mpi), then unit and process tests (these launch mpirun).
 test: venv test-mpi test-unit

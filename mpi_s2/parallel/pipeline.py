@@ -27,6 +27,7 @@ from mpi_s2.errors import MpiS2Error
 from mpi_s2.inputs.cloudmask import invalid_class_lut
 from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
 from mpi_s2.inputs.stager import Stager
+from mpi_s2.output.quicklook import write_quicklook
 from mpi_s2.output.tiff_assembly import TiledTiffAssembler
 from mpi_s2.output.tiles import TileEncoder, TileLayout, tile_size, unpack_tiles
 from mpi_s2.output.writer import GeoTiffWriter, remove_partial
@@ -240,12 +241,12 @@ def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStat
         try:
             def windows() -> Iterator[list[tuple[int, bytes]]]:
                 for _index, message in messages:
-                    with stats.timer("write"):
-                        tiles = unpack_tiles(message[HEADER_BYTES:])
-                    yield tiles
+                    start = time.perf_counter()
+                    yield unpack_tiles(message[HEADER_BYTES:])
+                    stats.seconds["write"] += time.perf_counter() - start  # tifffile placing the tiles
 
+            assembler.write(windows())
             with stats.timer("write"):
-                assembler.write(windows())
                 assembler.commit()
         except BaseException:
             assembler.discard()
@@ -329,6 +330,9 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
                 else:
                     run_worker(plan, luts, table_to_items(mine), MpiFeed(comm),
                                BlockSender(comm, WRITER_RANK), stats, counter, encode_tiles=True)
+            if roles.is_writer and config.quicklook:
+                with stats.timer("write"):
+                    preview = write_quicklook(config.output, config.quicklook, config.quicklook_size)
         except BaseException:
             remove_partial(config.output)
             remove_staging(plan.staging_directory)
@@ -340,6 +344,8 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     wall = time.perf_counter() - start
     decodes = merge_counts([rank.pop("decode") for rank in ranks])
     report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
+    if config.quicklook:
+        report["quicklook"] = {"path": config.quicklook, "size": list(preview)}
     if config.report:
         write_report(config.report, report)
     log.info("wrote %s (%d x %d, %d windows, %d ranks) in %.1f s",

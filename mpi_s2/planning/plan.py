@@ -17,6 +17,7 @@ from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.profiles import creation_options
+from mpi_s2.output.quicklook import quicklook_format
 from mpi_s2.output.tiles import workers_can_compress
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging
@@ -85,6 +86,9 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
 def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     """Check everything that can be checked before any pixel is read, and plan the run."""
     check_output_path(config.output, overwrite=config.overwrite, inputs=config.input_paths)
+    if config.quicklook:
+        quicklook_format(config.quicklook)
+        check_output_path(config.quicklook, overwrite=config.overwrite, inputs=config.input_paths)
     if config.staging_dir and not (os.path.isdir(config.staging_dir) and os.access(config.staging_dir, os.W_OK)):
         raise OutputError(f"{config.staging_dir}: --staging-dir is not a writable directory")
     tiles = resolve_inputs(config)

@@ -117,7 +117,8 @@ def decode_cpu_seconds(bands: list[str], block: int = 1024) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-OUTPUT_CODECS = {"zstd": ["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "PREDICTOR=2"], "lzw": ["COMPRESS=LZW"]}
+OUTPUT_CODECS = {"zstd": ["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "PREDICTOR=2"], "lzw": ["COMPRESS=LZW"],
+                 "deflate": ["COMPRESS=DEFLATE", "PREDICTOR=2"]}
 
 
 def jp2_case(directory: str, size: int, ranks: int, codec: str = "zstd") -> Case:
@@ -199,14 +200,16 @@ def mosaic_case(directory: str, size: int, ranks: int, codec: str = "zstd") -> C
 
 
 def run_case(case: Case, repeat: int, env: dict[str, str]) -> dict:
-    gdal_runs, mpi_runs, rank_peaks, rank_seconds, imbalances = [], [], [], [], []
+    gdal_runs, mpi_runs, rank_peaks, rank_seconds, imbalances, n_stars = [], [], [], [], [], []
     for i in range(repeat):
         gdal_runs.append(timed(case.gdal_cmd, env))
         mpi_runs.append(timed(case.mpi_cmd, env))
         with open(case.report) as fh:
             ranks = json.load(fh)["ranks"]
         with open(case.report) as fh:
-            imbalances.append(json.load(fh)["worker_busy_imbalance"])
+            run_report = json.load(fh)
+        imbalances.append(run_report["worker_busy_imbalance"])
+        n_stars.append((run_report.get("output_stage") or {}).get("n_star"))
         rank_peaks.append({r["rank"]: r["peak_rss_mb"] for r in ranks})
         rank_seconds.append({r["rank"]: r["seconds"] for r in ranks})
         print(f"  [{case.name}] run {i + 1}/{repeat}: gdal_translate {gdal_runs[-1][0]:.2f} s, "
@@ -223,6 +226,7 @@ def run_case(case: Case, repeat: int, env: dict[str, str]) -> dict:
         "mpi_s2_rank_peak_rss_mb": worst_rank, "last_run_seconds_by_rank": rank_seconds[-1],
     }
     result["worker_busy_imbalance"] = statistics.median(imbalances) if imbalances[0] else None
+    result["n_star"] = statistics.median(n_stars) if all(n_stars) else None
     if case.floor_s:
         result["decode_floor_s"] = round(case.floor_s, 1)
         result["mpi_s2_over_floor"] = round(mpi_wall / case.floor_s, 3)
@@ -248,6 +252,8 @@ def print_result(r: dict) -> None:
               f"mpi_s2 at {r['mpi_s2_over_floor']:.2f}x the floor   (target <= {r['floor_target']}x); "
               f"gdal_translate at {r['gdal_translate_median_s'] / r['decode_floor_s']:.2f}x")
     print(f"  largest rank: {max(r['mpi_s2_rank_peak_rss_mb'].values()):.0f} MB   (target <= {PEAK_MB_TARGET} MB)")
+    if r.get("n_star"):
+        print(f"  output stage saturation N* (workers one writer can serve): {r['n_star']:.0f}")
     if r.get("worker_busy_imbalance"):
         print(f"  worker busy-time imbalance (max / mean of read + compute): {r['worker_busy_imbalance']:.3f}"
               + (f"   (target <= {IMBALANCE_TARGET})" if r["case"] == "mosaic" else ""))
