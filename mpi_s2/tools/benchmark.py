@@ -82,7 +82,8 @@ def _vrt(path: str, bands: list[str]) -> str:
     return path
 
 
-def gtiff_case(directory: str, size: int, ranks: int, codec: str = "none") -> Case:
+def gtiff_case(directory: str, size: int, ranks: int, codec: str | None = None) -> Case:
+    """The GeoTIFF tile: uncompressed in, and out uncompressed (default) or with ``codec`` for both tools."""
     stamp = os.path.join(directory, f"scene-{size}.done")
     if not os.path.exists(stamp):
         print(f"generating a {size} x {size} synthetic tile (GeoTIFF, tiled 512, uncompressed)...", flush=True)
@@ -91,12 +92,14 @@ def gtiff_case(directory: str, size: int, ranks: int, codec: str = "none") -> Ca
     bands = [os.path.join(directory, BAND_FILES[b]) for b in ("red", "green", "blue")]
     vrt = _vrt(os.path.join(directory, "rgb.vrt"), bands)
     report = os.path.join(directory, "run.json")
+    options = OUTPUT_CODECS[codec] if codec else ["COMPRESS=NONE"]
     mpi = _mpirun(ranks) + ["--red", bands[0], "--green", bands[1], "--blue", bands[2], "-o",
-                            os.path.join(directory, "mpi_s2.tif"), "--co", "COMPRESS=NONE", "--overwrite", "-q",
-                            "--report", report]
-    return Case("gtiff", f"{size} x {size} x 3 uint16 GeoTIFF, tiled 512, uncompressed in and out",
-                _gdal_translate(vrt, os.path.join(directory, "gdal_translate.tif"), 0, ["COMPRESS=NONE"]), mpi, ranks,
-                5.0, report)
+                            os.path.join(directory, "mpi_s2.tif"), "--overwrite", "-q", "--report", report]
+    mpi += [arg for option in options for arg in ("--co", option)]
+    label = (codec or "none").upper()
+    return Case("gtiff", f"{size} x {size} x 3 uint16 GeoTIFF, tiled 512, uncompressed in, {label} out",
+                _gdal_translate(vrt, os.path.join(directory, "gdal_translate.tif"), 0, options), mpi, ranks,
+                5.0 if not codec else 1.0, report)
 
 
 def decode_cpu_seconds(bands: list[str], block: int = 1024) -> float:
@@ -121,7 +124,7 @@ OUTPUT_CODECS = {"zstd": ["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "PREDICTOR=2"], "lzw"
                  "deflate": ["COMPRESS=DEFLATE", "PREDICTOR=2"]}
 
 
-def jp2_case(directory: str, size: int, ranks: int, codec: str = "zstd") -> Case:
+def jp2_case(directory: str, size: int, ranks: int, codec: str | None = "zstd") -> Case:
     stamp = os.path.join(directory, f"product-{size}.done")
     if not os.path.exists(stamp):
         print(f"generating a {size} x {size} synthetic L2A product (JPEG 2000, tiled 1024)... (minutes, once)",
@@ -268,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--case", choices=("gtiff", "jp2", "mosaic", "all"), default="all")
     parser.add_argument("--ranks", type=int, help="override the rank count of the case(s)")
-    parser.add_argument("--output-codec", choices=sorted(OUTPUT_CODECS), default="zstd",
-                        help="output compression of the jp2 case, the same for both tools (default zstd)")
+    parser.add_argument("--output-codec", choices=sorted(OUTPUT_CODECS),
+                        help="output compression, the same for both tools (default: zstd for the JPEG 2000 "
+                             "cases, none for the GeoTIFF case)")
     args = parser.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
     results = []
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         directory = os.path.join(args.dir, name)
         os.makedirs(directory, exist_ok=True)
         make, ranks = cases[name]
-        case = make(directory, args.size, args.ranks or ranks, args.output_codec)
+        codec = args.output_codec or (None if name == "gtiff" else "zstd")
+        case = make(directory, args.size, args.ranks or ranks, codec)
         results.append(run_case(case, args.repeat, env))
         print_result(results[-1])
     with open(os.path.join(args.dir, "bench.json"), "w") as fh:
