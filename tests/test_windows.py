@@ -4,8 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpi_s2.errors import WindowError
-from mpi_s2.planning.windows import (Window, aligned_length, choose_window_size, plan_windows, table_to_windows,
-                            windows_to_table)
+from mpi_s2.planning.windows import Window, aligned_length, choose_window_size, plan_windows
 
 
 @settings(max_examples=200, deadline=None)
@@ -51,14 +50,6 @@ def test_window_capped_at_raster_size():
 def test_edge_windows_are_smaller():
     windows = plan_windows((1300, 1100), (1024, 1024))
     assert [(w.width, w.height) for w in windows] == [(1024, 1024), (276, 1024), (1024, 76), (276, 76)]
-
-
-def test_table_round_trip():
-    windows = plan_windows((300, 200), (128, 128))
-    table = windows_to_table(windows)
-    assert table.dtype == np.int64 and table.flags.c_contiguous
-    assert [w for _, w in table_to_windows(table)] == windows
-    assert [i for i, _ in table_to_windows(table)] == list(range(len(windows)))
 
 
 @pytest.mark.parametrize("args", [(-1, 0, 1, 1), (0, 0, 0, 5), (0, 0, 5, -2)])

@@ -9,17 +9,10 @@ smaller, nothing is padded.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
-
-import numpy as np
-
 from mpi_s2.errors import WindowError
 
 #: Default target edge length of a window, in pixels (the actual size is a multiple of the block size).
 DEFAULT_WINDOW_TARGET = 1024
-
-#: Columns of the window table that travels between ranks: index, column offset, row offset, width, height.
-TABLE_COLUMNS = ("index", "col_off", "row_off", "width", "height")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,22 +106,6 @@ def plan_windows(raster_size: tuple[int, int], window_size: tuple[int, int]) -> 
         for row in range(0, height, win_h)
         for col in range(0, width, win_w)
     ]
-
-
-def windows_to_table(windows: Sequence[Window], indices: Iterable[int] | None = None) -> np.ndarray:
-    """Pack windows into a contiguous ``(n, 5)`` int64 table (see :data:`TABLE_COLUMNS`) for MPI buffers."""
-    idx = list(range(len(windows))) if indices is None else list(indices)
-    table = np.empty((len(windows), len(TABLE_COLUMNS)), dtype=np.int64)
-    for row, (i, w) in enumerate(zip(idx, windows)):
-        table[row] = (i, w.col_off, w.row_off, w.width, w.height)
-    return table
-
-
-def table_to_windows(table: np.ndarray) -> list[tuple[int, Window]]:
-    """Inverse of :func:`windows_to_table`: ``(index, Window)`` pairs."""
-    if table.ndim != 2 or table.shape[1] != len(TABLE_COLUMNS):
-        raise WindowError(f"window table must have shape (n, {len(TABLE_COLUMNS)}), got {table.shape}")
-    return [(int(r[0]), Window(int(r[1]), int(r[2]), int(r[3]), int(r[4]))) for r in table]
 
 
 def intersection(a: Window, b: Window) -> Window | None:
