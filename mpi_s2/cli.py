@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write 3 bands; valid pixels are >= 1 so that 0 means nodata (like ESA's TCI)")
     out.add_argument("--co", action="append", default=[], metavar="KEY=VALUE",
                      help="GDAL GeoTIFF creation option (repeatable), e.g. --co COMPRESS=DEFLATE")
+    out.add_argument("--cog", action="store_true",
+                     help="write a Cloud-Optimized GeoTIFF: internal overviews (valid pixels averaged) until the "
+                          "image fits one tile, overviews' data before the full resolution")
     out.add_argument("--quicklook", metavar="FILE.png|.jpg",
                      help="also write a small preview: valid pixels averaged, nodata transparent (PNG) or black")
     out.add_argument("--quicklook-size", type=_positive_int, default=1024, metavar="N",
@@ -169,7 +172,7 @@ def compose_config(args: argparse.Namespace):
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
         cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
         crs=args.crs, resampling=args.resampling, alpha=not args.no_alpha, window=args.window,
-        schedule=args.schedule, staging_dir=args.staging_dir, quicklook=args.quicklook,
+        schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
         creation_options=options, overwrite=args.overwrite, report=args.report, progress=not args.quiet,
     )

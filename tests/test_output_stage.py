@@ -9,7 +9,7 @@ import pytest
 from osgeo import gdal
 
 from conftest import compose_args, read_array, run_mpi_s2
-from mpi_s2.output.tiles import (CLASSIC_TIFF_LIMIT, TileLayout, needs_bigtiff, pack_tiles, unpack_tiles,
+from mpi_s2.output.tiles import (CLASSIC_TIFF_LIMIT, RAW_PIECE, TileLayout, needs_bigtiff, pack_tiles, unpack_tiles,
                                  workers_can_compress)
 
 
@@ -75,6 +75,7 @@ def test_which_layouts_workers_can_encode():
     tiled = {"TILED": "YES", "BLOCKXSIZE": "512", "BLOCKYSIZE": "512"}
     assert workers_can_compress({**tiled, "COMPRESS": "ZSTD"}, (1024, 1024)) is None
     assert "not whole 512 x 512 tiles" in workers_can_compress(tiled, (768, 1024))
+    assert workers_can_compress(tiled, (768, 1024), (768, 5000)) is None  # one window spans the width
     assert "JPEG" in workers_can_compress({**tiled, "COMPRESS": "JPEG"}, (1024, 1024))
     assert "not tiled" in workers_can_compress({"TILED": "NO"}, (1024, 1024))
     assert "INTERLEAVE" in workers_can_compress({**tiled, "INTERLEAVE": "BAND"}, (1024, 1024))
@@ -90,12 +91,15 @@ def test_bigtiff_whenever_the_file_may_pass_4_gib_compressed_or_not():
     assert needs_bigtiff(40000, 40000, 4, options)  # past 4 GiB raw, whatever the codec
     assert needs_bigtiff(100, 100, 4, {**options, "BIGTIFF": "YES"})
     assert not needs_bigtiff(40000, 40000, 4, {**options, "BIGTIFF": "NO"})
+    # overviews add about a third: 30000^2 RGBA is 3.6 GB raw, classic alone, BigTIFF with its overviews
+    assert not needs_bigtiff(30000, 30000, 4, options) and needs_bigtiff(30000, 30000, 4, options, levels=6)
 
 
 def test_tile_messages_round_trip():
-    tiles = [(5, b"abc"), (6, b""), (17, bytes(range(200)))]
+    tiles = [(0, 5, b"abc"), (0, 6, b""), (2, 17, bytes(range(200))), (3, RAW_PIECE, np.arange(12, dtype=np.uint8))]
     index, payload = pack_tiles(tiles)
     message = np.concatenate([index.view(np.uint8), payload])
-    assert unpack_tiles(message) == tiles
+    assert [(level, number, data.tobytes()) for level, number, data in unpack_tiles(message)] == \
+        [(level, number, bytes(data)) for level, number, data in tiles]
     layout = TileLayout(1300, 1100, (512, 512))
     assert (layout.across, layout.down, layout.count, layout.index(2, 1)) == (3, 3, 9, 5)

@@ -20,7 +20,7 @@ from osgeo import gdal
 from mpi_s2 import __version__
 from mpi_s2.errors import OutputError
 from mpi_s2.output.profiles import as_gdal_list
-from mpi_s2.output.tiles import TileLayout, needs_bigtiff, tile_size
+from mpi_s2.output.tiles import TileEntry, TileLayout, needs_bigtiff, tile_size
 from mpi_s2.output.writer import OutputSpec, partial_path, remove_partial
 
 gdal.UseExceptions()
@@ -30,7 +30,7 @@ GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 _INTERPRETATIONS = (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand, gdal.GCI_AlphaBand)
 
 
-def _template(spec: OutputSpec) -> dict:
+def geotiff_template(spec: OutputSpec) -> dict:
     """What GDAL writes around the pixels for ``spec``: read back from a one-tile file it makes."""
     path = f"/vsimem/mpi_s2_template_{os.getpid()}.tif"
     tx, ty = tile_size(spec.creation_options)
@@ -75,21 +75,21 @@ class TiledTiffAssembler:
         self.layout = TileLayout(spec.grid.width, spec.grid.height, tile_size(spec.creation_options))
         self.bigtiff = needs_bigtiff(spec.grid.width, spec.grid.height, spec.band_count, spec.creation_options)
         self._tmp = partial_path(spec.path)
-        self._template = _template(spec)
+        self._template = geotiff_template(spec)
 
-    def write(self, windows: Iterable[list[tuple[int, bytes]]]) -> None:
+    def write(self, windows: Iterable[list[TileEntry]]) -> None:
         """Consume ``windows`` (each a list of encoded tiles) and write the whole file under the temporary name."""
         order: list[int] = []
         seen = np.zeros(self.layout.count, dtype=bool)
 
         def tiles() -> Iterator[bytes]:
             for window in windows:
-                for number, data in window:
+                for _level, number, data in window:
                     if seen[number]:
                         raise OutputError(f"{self.spec.path}: tile {number} arrived twice")
                     seen[number] = True
                     order.append(number)
-                    yield data
+                    yield data.tobytes() if isinstance(data, np.ndarray) else data
             for number in np.flatnonzero(~seen).tolist():  # tiles no window covers: sparse
                 order.append(number)
                 yield b""

@@ -29,6 +29,12 @@ WORKER_CODECS = ("NONE", "DEFLATE", "LZW", "ZSTD")
 #: tile index) is written as BigTIFF.
 CLASSIC_TIFF_LIMIT = 1 << 32
 
+#: The tile number of a raw (not encoded) piece of a coarse overview level, placed by the writer.
+RAW_PIECE = -1
+
+#: One entry of a window's message: (overview level, 0 for full resolution; tile number or RAW_PIECE; bytes).
+TileEntry = tuple[int, int, "bytes | np.ndarray"]
+
 _counter = itertools.count()
 
 
@@ -61,8 +67,11 @@ def tile_size(options: Mapping[str, str]) -> tuple[int, int]:
     return (int(options.get("BLOCKXSIZE", 256)), int(options.get("BLOCKYSIZE", options.get("BLOCKXSIZE", 256))))
 
 
-def workers_can_compress(options: Mapping[str, str], window_size: tuple[int, int]) -> str | None:
-    """None when workers can encode whole tiles for these options and windows; else the reason they cannot."""
+def workers_can_compress(options: Mapping[str, str], window_size: tuple[int, int],
+                         raster_size: tuple[int, int] | None = None) -> str | None:
+    """None when workers can encode whole tiles for these options and windows; else the reason they cannot.
+
+    A window side that spans the whole raster (``raster_size``) need not be whole tiles."""
     if options.get("TILED", "NO").upper() not in ("YES", "TRUE", "ON", "1"):
         return "the output is not tiled (TILED=NO)"
     codec = options.get("COMPRESS", "NONE").upper()
@@ -71,16 +80,18 @@ def workers_can_compress(options: Mapping[str, str], window_size: tuple[int, int
     if options.get("INTERLEAVE", "PIXEL").upper() != "PIXEL":
         return "INTERLEAVE=BAND is written by the writer"
     tx, ty = tile_size(options)
-    if window_size[0] % tx or window_size[1] % ty:
+    full = raster_size or (1 << 62, 1 << 62)
+    if (window_size[0] % tx and window_size[0] < full[0]) or (window_size[1] % ty and window_size[1] < full[1]):
         return f"windows of {window_size[0]} x {window_size[1]} are not whole {tx} x {ty} tiles"
     return None
 
 
-def needs_bigtiff(width: int, height: int, bands: int, options: Mapping[str, str]) -> bool:
+def needs_bigtiff(width: int, height: int, bands: int, options: Mapping[str, str], levels: int = 0) -> bool:
     """BIGTIFF=YES/NO as asked; otherwise BigTIFF whenever the file may pass 4 GiB, compressed or not.
 
     A compressed tile may come out larger than raw (incompressible pixels): DEFLATE, LZW and ZSTD stay within
-    1 % plus a few bytes, which the bound adds, with the tile index and the header's room.
+    1 % plus a few bytes, which the bound adds, with the tile index and the header's room. ``levels`` overview
+    levels (each half the size of the previous) count too.
     """
     asked = options.get("BIGTIFF", "IF_SAFER").upper()
     if asked in ("YES", "TRUE", "ON"):
@@ -88,22 +99,27 @@ def needs_bigtiff(width: int, height: int, bands: int, options: Mapping[str, str
     if asked in ("NO", "FALSE", "OFF"):
         return False
     tx, ty = tile_size(options)
-    layout = TileLayout(width, height, (tx, ty))
-    raw = layout.count * tx * ty * bands  # edge tiles are stored whole
-    worst = raw + raw // 100 + layout.count * (64 + 16) + (1 << 20)
+    tiles = 0
+    for level in range(levels + 1):
+        factor = 1 << level
+        tiles += TileLayout(-(-width // factor), -(-height // factor), (tx, ty)).count
+    raw = tiles * tx * ty * bands  # edge tiles are stored whole
+    worst = raw + raw // 100 + tiles * (64 + 16) + (levels + 1) * 4096 + (1 << 20)
     return worst >= CLASSIC_TIFF_LIMIT
 
 
 class TileEncoder:
-    """Encodes a window of whole output tiles with GDAL, in memory; returns each tile's number and bytes."""
+    """Encodes a window of whole tiles of ``layout`` (the output or one overview ``level`` of it) with GDAL, in
+    memory; returns each tile's :data:`TileEntry`."""
 
-    def __init__(self, options: Mapping[str, str], layout: TileLayout, bands: int):
+    def __init__(self, options: Mapping[str, str], layout: TileLayout, bands: int, level: int = 0):
         self.options = as_gdal_list({k: v for k, v in options.items() if k not in ("BIGTIFF",)})
         self.layout = layout
         self.bands = bands
+        self.level = level
         self.path = f"/vsimem/mpi_s2_tiles_{os.getpid()}_{next(_counter)}.tif"
 
-    def encode(self, window: Window, block: np.ndarray) -> list[tuple[int, bytes]]:
+    def encode(self, window: Window, block: np.ndarray) -> list[TileEntry]:
         tx0, ty0 = window.col_off // self.layout.tile[0], window.row_off // self.layout.tile[1]
         ds = gdal.GetDriverByName("GTiff").Create(self.path, window.width, window.height, self.bands,
                                                   gdal.GDT_Byte, options=self.options)
@@ -123,7 +139,7 @@ class TileEncoder:
                     size = int(band.GetMetadataItem(f"BLOCK_SIZE_{tx}_{ty}", "TIFF") or 0)
                     gdal.VSIFSeekL(fh, offset, 0)
                     data = bytes(gdal.VSIFReadL(1, size, fh)) if size else b""
-                    tiles.append((self.layout.index(tx0 + tx, ty0 + ty), data))
+                    tiles.append((self.level, self.layout.index(tx0 + tx, ty0 + ty), data))
         finally:
             gdal.VSIFCloseL(fh)
             ds = None
@@ -131,23 +147,24 @@ class TileEncoder:
         return tiles
 
 
-def pack_tiles(tiles: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
-    """A window's tiles as two buffers: int64 ``[count, (tile number, size)...]`` and the concatenated bytes."""
-    index = np.empty(1 + 2 * len(tiles), dtype=np.int64)
+def pack_tiles(tiles: list[TileEntry]) -> tuple[np.ndarray, np.ndarray]:
+    """A window's tiles as two buffers: int64 ``[count, (level, tile number, size)...]`` and the bytes."""
+    index = np.empty(1 + 3 * len(tiles), dtype=np.int64)
     index[0] = len(tiles)
-    for k, (number, data) in enumerate(tiles):
-        index[1 + 2 * k] = number
-        index[2 + 2 * k] = len(data)
-    payload = np.frombuffer(b"".join(data for _, data in tiles), dtype=np.uint8)
+    for k, (level, number, data) in enumerate(tiles):
+        index[1 + 3 * k: 4 + 3 * k] = (level, number, len(memoryview(data).cast("B")))
+    payload = np.concatenate([np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8) for _, _, data in tiles]
+                             ) if tiles else np.empty(0, dtype=np.uint8)
     return index, payload
 
 
-def unpack_tiles(message: np.ndarray) -> list[tuple[int, bytes]]:
-    """Inverse of :func:`pack_tiles` for a message holding the index then the bytes (after any header)."""
+def unpack_tiles(message: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """Inverse of :func:`pack_tiles` for a message holding the index then the bytes (after any header); the
+    bytes are views into ``message``."""
     count = int(message[:8].view(np.int64)[0])
-    index = message[8: 8 + 16 * count].view(np.int64).reshape(count, 2)
-    out, pos = [], 8 + 16 * count
-    for number, size in index.tolist():
-        out.append((number, message[pos: pos + size].tobytes()))
+    index = message[8: 8 + 24 * count].view(np.int64).reshape(count, 3)
+    out, pos = [], 8 + 24 * count
+    for level, number, size in index.tolist():
+        out.append((level, number, message[pos: pos + size]))
         pos += size
     return out

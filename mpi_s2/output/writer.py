@@ -73,12 +73,23 @@ def validate_creation_options(output: str, options: Mapping[str, str], band_coun
         raise OutputError(f"{output}: invalid creation option: {warnings[0].strip()}")
 
 
+#: Scratch files a Cloud-Optimized GeoTIFF is assembled from, beside the temporary output (see mpi_s2.output.cog).
+SPOOL_KINDS = ("tiles", "levels")
+
+
+def spool_path(output: str, kind: str) -> str:
+    """A scratch file of the run writing ``output``, beside its temporary file: ``.NAME.partial.KIND``."""
+    assert kind in SPOOL_KINDS
+    return f"{partial_path(output)}.{kind}"
+
+
 def remove_partial(output: str) -> None:
-    """Best-effort removal of the temporary file of ``output`` (used when a run fails)."""
-    try:
-        os.unlink(partial_path(output))
-    except OSError:
-        pass
+    """Best-effort removal of the temporary file of ``output`` and its scratch files (used when a run fails)."""
+    for path in (partial_path(output), *(spool_path(output, kind) for kind in SPOOL_KINDS)):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,11 @@ from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
 from mpi_s2.inputs.stager import Stager
 from mpi_s2.output.quicklook import write_quicklook
 from mpi_s2.output.tiff_assembly import TiledTiffAssembler
-from mpi_s2.output.tiles import TileEncoder, TileLayout, tile_size, unpack_tiles
+from mpi_s2.output.cog import CogAssembler
+from mpi_s2.output.tiles import unpack_tiles
+from mpi_s2.output.window_encoding import WindowEncoder
 from mpi_s2.output.writer import GeoTiffWriter, remove_partial
+from mpi_s2.parallel.coarse_levels import encode_strips, encode_strips_here, serve_strips
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.runtime import CollectiveFailure
@@ -70,6 +73,26 @@ class LocalSink:
     def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
         with self.stats.timer("write"):
             self.writer.write(self.windows[index], block)
+        self.done += 1
+        self.progress.update(self.done)
+
+    def close(self) -> None:
+        pass
+
+
+class CogSink:
+    """One-rank ``--cog`` job: encoded windows go straight into the assembler."""
+
+    def __init__(self, assembler: CogAssembler, stats: RankStats, progress: Progress):
+        self.assembler, self.stats, self.progress = assembler, stats, progress
+        self.done = 0
+
+    def acquire(self, slot: int) -> None:
+        pass
+
+    def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
+        with self.stats.timer("write"):
+            self.assembler.add(index, unpack_tiles(message[HEADER_BYTES:]))
         self.done += 1
         self.progress.update(self.done)
 
@@ -145,9 +168,7 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
     stager: Stager | None = None
     buffers = [message_buffer(bands_out, max_pixels) for _ in range(SLOTS)]
     messages: list[np.ndarray | None] = [None] * SLOTS  # encoded tiles in flight
-    encoder = (TileEncoder(plan.output.creation_options, TileLayout(*plan.grid.size,
-                                                                     tile_size(plan.output.creation_options)),
-                           bands_out) if encode_tiles and plan.writer_encodes_because is None else None)
+    encoder = window_encoder(plan) if encode_tiles and plan.writer_encodes_because is None else None
     sent = 0
     batch = first
 
@@ -232,10 +253,34 @@ def receive_windows(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: Ran
         batches.close()
 
 
+def window_encoder(plan: Plan) -> WindowEncoder:
+    return WindowEncoder(plan.output.creation_options, plan.grid.size, plan.config.band_count,
+                         plan.overview_levels, plan.worker_overview_levels)
+
+
+def cog_assembler(plan: Plan) -> CogAssembler:
+    return CogAssembler(plan.output, plan.windows, plan.overview_levels, plan.worker_overview_levels)
+
+
 def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress) -> None:
     """Write every window the workers send, as GDAL writes (encoding tiles here) or by placing the tiles the
     workers encoded; commit the file at the end."""
     messages = receive_windows(comm, plan, scheduler, stats, progress)
+    if plan.config.cog:
+        with stats.timer("write"):
+            cog = cog_assembler(plan)
+        try:
+            for index, message in messages:
+                with stats.timer("write"):
+                    cog.add(index, unpack_tiles(message[HEADER_BYTES:]))
+            serve_strips(comm, cog, Roles(comm.rank, comm.size).worker_ranks, stats)
+            with stats.timer("write"):
+                cog.write()
+                cog.commit()
+        except BaseException:
+            cog.discard()
+            raise
+        return
     if plan.writer_encodes_because is None:
         assembler = TiledTiffAssembler(plan.output)
         try:
@@ -278,9 +323,22 @@ def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress, counter: 
             (_, items), = scheduler.replies()
             return table_to_items(batch_table(plan, items))
 
+    first = table_to_items(batch_table(plan, scheduler.first_batches()[0]))
+    if plan.config.cog:
+        cog = cog_assembler(plan)
+        try:
+            run_worker(plan, luts, first, LocalFeed(), CogSink(cog, stats, progress), stats, counter,
+                       encode_tiles=True)
+            encode_strips_here(cog, window_encoder(plan), stats)
+            with stats.timer("write"):
+                cog.write()
+                cog.commit()
+        except BaseException:
+            cog.discard()
+            raise
+        return
     writer = GeoTiffWriter(plan.output)
     try:
-        first = table_to_items(batch_table(plan, scheduler.first_batches()[0]))
         run_worker(plan, luts, first, LocalFeed(), LocalSink(plan, writer, stats, progress), stats, counter)
         with stats.timer("write"):
             writer.commit()
@@ -330,6 +388,8 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
                 else:
                     run_worker(plan, luts, table_to_items(mine), MpiFeed(comm),
                                BlockSender(comm, WRITER_RANK), stats, counter, encode_tiles=True)
+                    if config.cog:
+                        encode_strips(comm, window_encoder(plan), stats)
             if roles.is_writer and config.quicklook:
                 with stats.timer("write"):
                     preview = write_quicklook(config.output, config.quicklook, config.quicklook_size)
@@ -376,6 +436,8 @@ def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, di
         "overlap_rule": "first valid pixel in input order",
         "alpha": config.alpha,
         "creation_options": dict(plan.output.creation_options),
+        "cog": {"overview_levels": plan.overview_levels, "levels_encoded_with_windows": plan.worker_overview_levels}
+        if config.cog else None,
         "tiles_encoded_by": ("workers" if plan.writer_encodes_because is None and size > 1
                              else "writer (one rank)" if size == 1 else f"writer: {plan.writer_encodes_because}"),
     }

@@ -19,7 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpi_s2.errors import MpiS2Error
-from mpi_s2.output.tiles import pack_tiles
+from mpi_s2.output.tiles import TileEntry, pack_tiles
 from mpi_s2.planning.scheduling import ITEM_COLUMNS
 
 BLOCK_TAG = 11
@@ -71,7 +71,7 @@ class BlockSender:
         MPI.Request.Waitall(self._requests)
 
 
-def tile_message(index: int, tiles: list[tuple[int, bytes]]) -> np.ndarray:
+def tile_message(index: int, tiles: list[TileEntry]) -> np.ndarray:
     """A window's encoded tiles as one uint8 message: the window index, then :func:`pack_tiles`' buffers."""
     table, payload = pack_tiles(tiles)
     message = np.empty(HEADER_BYTES + table.nbytes + payload.nbytes, dtype=np.uint8)

@@ -18,7 +18,8 @@ from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.profiles import creation_options
 from mpi_s2.output.quicklook import quicklook_format
-from mpi_s2.output.tiles import workers_can_compress
+from mpi_s2.output.overviews import check_window_size, level_count, worker_levels
+from mpi_s2.output.tiles import tile_size, workers_can_compress
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging
 from mpi_s2.inputs.bands import Grid, inspect_mask
@@ -43,6 +44,8 @@ class Plan:
     blocks_total: tuple[int, ...] = ()  # per source: blocks of its band files (and SCL when masking)
     staging_directory: str | None = None  # where the staged copies are (removed at the end)
     writer_encodes_because: str | None = None  # None: workers encode whole output tiles; else why not
+    overview_levels: int = 0  # --cog: internal overview levels (see mpi_s2.output.overviews)
+    worker_overview_levels: int = 0  # --cog: levels 1 .. this one are encoded by the workers with the windows
 
 
 def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
@@ -93,11 +96,14 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
         raise OutputError(f"{config.staging_dir}: --staging-dir is not a writable directory")
     tiles = resolve_inputs(config)
     grid, sources, block_size = layout_mosaic(tiles, config.crs, config.resampling)
-    window_size = choose_window_size(block_size, grid.size, config.window)
-    all_windows = plan_windows(grid.size, window_size)
-    windows = tuple(w for w in all_windows if any(intersection(w, s.placement) for s in sources))
     options = creation_options(config.profile, config.creation_options, alpha=config.alpha)
     validate_creation_options(config.output, options, config.band_count)
+    window_size = choose_window_size(block_size, grid.size, config.window)
+    levels = encoded_levels = 0
+    if config.cog:
+        window_size, levels, encoded_levels = plan_cog(config, options, window_size, grid.size)
+    all_windows = plan_windows(grid.size, window_size)
+    windows = tuple(w for w in all_windows if any(intersection(w, s.placement) for s in sources))
     metadata = {
         "MPI_S2_MAX_REFLECTANCE": repr(config.max_reflectance),
         "MPI_S2_GAMMA": repr(config.gamma),
@@ -116,7 +122,29 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     return Plan(config, grid, tuple(sources), block_size, window_size, windows, output,
                 empty_windows=len(all_windows) - len(windows), staged=tuple(staged), stage_units=tuple(units),
                 independent=independent, blocks_total=blocks_total, staging_directory=staging,
-                writer_encodes_because=workers_can_compress(options, window_size))
+                writer_encodes_because=workers_can_compress(options, window_size, grid.size),
+                overview_levels=levels, worker_overview_levels=encoded_levels)
+
+
+def plan_cog(config: ComposeConfig, options: dict[str, str], window_size: tuple[int, int],
+             raster_size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
+    """Windows, overview levels and worker-encoded levels of a ``--cog`` run; :class:`OutputError` when the
+    options or ``--window`` cannot make one.
+
+    Without ``--window``, windows are rounded to whole output tiles (the nearest multiple, at least one).
+    """
+    if options.get("TILED", "NO").upper() not in ("YES", "TRUE", "ON", "1"):
+        raise OutputError(f"{config.output}: --cog needs a tiled output (got TILED={options.get('TILED')})")
+    tile = tile_size(options)
+    if config.window is None:
+        window_size = tuple(min(full, t * max(1, round(edge / t)))  # type: ignore[assignment]
+                            for edge, t, full in zip(window_size, tile, raster_size))
+    reason = workers_can_compress(options, window_size, raster_size)
+    if reason:
+        raise OutputError(f"{config.output}: --cog: {reason}")
+    levels = level_count(*raster_size, tile)
+    check_window_size(window_size, raster_size, levels)
+    return window_size, levels, worker_levels(window_size, raster_size, tile, levels)
 
 
 def _blocks_total(source: TileSource, cloud_mask: bool) -> int:
