@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--quicklook-size", type=_positive_int, default=1024, metavar="N",
                      help="longest side of the preview at most N pixels (default 1024)")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    out.add_argument("--resume", action="store_true",
+                     help="finish a run that was killed: same arguments; only the windows it had not durably "
+                          "written are computed (an error if inputs or parameters differ)")
     out.add_argument("--report", metavar="JSON", help="write per-rank timings and throughput here")
     compose.add_argument("--window", type=_positive_int, metavar="N",
                          help="window edge in pixels (default: the multiple of the block size closest to 1024)")
@@ -174,7 +177,8 @@ def compose_config(args: argparse.Namespace):
         crs=args.crs, resampling=args.resampling, alpha=not args.no_alpha, window=args.window,
         schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
-        creation_options=options, overwrite=args.overwrite, report=args.report, progress=not args.quiet,
+        creation_options=options, overwrite=args.overwrite, resume=args.resume, report=args.report,
+        progress=not args.quiet,
     )
 
 

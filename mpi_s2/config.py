@@ -41,6 +41,7 @@ class ComposeConfig:
     window: int | None = None
     schedule: str = "dynamic"  # or "static" (see mpi_s2.planning.scheduling)
     staging_dir: str | None = None  # None: beside the output (see mpi_s2.planning.stage_plan)
+    resume: bool = False  # continue a killed run (see mpi_s2.output.tiff_assembly)
     cog: bool = False  # a Cloud-Optimized GeoTIFF with internal overviews (see mpi_s2.output.cog)
     quicklook: str | None = None  # a .png or .jpg preview of the output (see mpi_s2.output.quicklook)
     quicklook_size: int = 1024

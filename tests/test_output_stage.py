@@ -97,8 +97,7 @@ def test_bigtiff_whenever_the_file_may_pass_4_gib_compressed_or_not():
 
 def test_tile_messages_round_trip():
     tiles = [(0, 5, b"abc"), (0, 6, b""), (2, 17, bytes(range(200))), (3, RAW_PIECE, np.arange(12, dtype=np.uint8))]
-    index, payload = pack_tiles(tiles)
-    message = np.concatenate([index.view(np.uint8), payload])
+    message = pack_tiles(tiles)
     assert [(level, number, data.tobytes()) for level, number, data in unpack_tiles(message)] == \
         [(level, number, bytes(data)) for level, number, data in tiles]
     layout = TileLayout(1300, 1100, (512, 512))

@@ -118,8 +118,11 @@ class TileEncoder:
         self.bands = bands
         self.level = level
         self.path = f"/vsimem/mpi_s2_tiles_{os.getpid()}_{next(_counter)}.tif"
+        self.raw = options.get("COMPRESS", "NONE").upper() == "NONE"
 
     def encode(self, window: Window, block: np.ndarray) -> list[TileEntry]:
+        if self.raw:
+            return self._interleave(window, block)
         tx0, ty0 = window.col_off // self.layout.tile[0], window.row_off // self.layout.tile[1]
         ds = gdal.GetDriverByName("GTiff").Create(self.path, window.width, window.height, self.bands,
                                                   gdal.GDT_Byte, options=self.options)
@@ -146,16 +149,36 @@ class TileEncoder:
             gdal.Unlink(self.path)
         return tiles
 
+    def _interleave(self, window: Window, block: np.ndarray) -> list[TileEntry]:
+        """COMPRESS=NONE: a tile is its pixels, interleaved, edge tiles padded with 0 to the full tile (as GDAL
+        stores them); numpy does it in one copy, without a round trip through GDAL."""
+        tw, th = self.layout.tile
+        tx0, ty0 = window.col_off // tw, window.row_off // th
+        tiles: list[TileEntry] = []
+        for ty in range(-(-window.height // th)):
+            for tx in range(-(-window.width // tw)):
+                part = block[:, ty * th: (ty + 1) * th, tx * tw: (tx + 1) * tw]
+                whole = part.shape[1:] == (th, tw)
+                tile = (np.empty if whole else np.zeros)((th, tw, self.bands), dtype=np.uint8)
+                tile[: part.shape[1], : part.shape[2]] = part.transpose(1, 2, 0)
+                tiles.append((self.level, self.layout.index(tx0 + tx, ty0 + ty), tile))
+        return tiles
 
-def pack_tiles(tiles: list[TileEntry]) -> tuple[np.ndarray, np.ndarray]:
-    """A window's tiles as two buffers: int64 ``[count, (level, tile number, size)...]`` and the bytes."""
-    index = np.empty(1 + 3 * len(tiles), dtype=np.int64)
+
+def pack_tiles(tiles: list[TileEntry], header_bytes: int = 0) -> np.ndarray:
+    """A window's tiles as one uint8 message: ``header_bytes`` left for the caller, an int64 index
+    ``[count, (level, tile number, size)...]``, then the bytes; each tile is copied once."""
+    views = [memoryview(data).cast("B") for _, _, data in tiles]
+    index_bytes = 8 * (1 + 3 * len(tiles))
+    message = np.empty(header_bytes + index_bytes + sum(len(v) for v in views), dtype=np.uint8)
+    index = message[header_bytes: header_bytes + index_bytes].view(np.int64)
     index[0] = len(tiles)
-    for k, (level, number, data) in enumerate(tiles):
-        index[1 + 3 * k: 4 + 3 * k] = (level, number, len(memoryview(data).cast("B")))
-    payload = np.concatenate([np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8) for _, _, data in tiles]
-                             ) if tiles else np.empty(0, dtype=np.uint8)
-    return index, payload
+    pos = header_bytes + index_bytes
+    for k, ((level, number, _), view) in enumerate(zip(tiles, views)):
+        index[1 + 3 * k: 4 + 3 * k] = (level, number, len(view))
+        message[pos: pos + len(view)] = np.frombuffer(view, dtype=np.uint8)
+        pos += len(view)
+    return message
 
 
 def unpack_tiles(message: np.ndarray) -> list[tuple[int, int, np.ndarray]]:

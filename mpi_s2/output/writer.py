@@ -73,14 +73,20 @@ def validate_creation_options(output: str, options: Mapping[str, str], band_coun
         raise OutputError(f"{output}: invalid creation option: {warnings[0].strip()}")
 
 
-#: Scratch files a Cloud-Optimized GeoTIFF is assembled from, beside the temporary output (see mpi_s2.output.cog).
-SPOOL_KINDS = ("tiles", "levels")
+#: Scratch files beside the temporary output: a COG's tiles and coarse levels, the journal of a resumable run
+#: (see mpi_s2.output.tiff_assembly).
+SPOOL_KINDS = ("tiles", "levels", "journal")
 
 
 def spool_path(output: str, kind: str) -> str:
     """A scratch file of the run writing ``output``, beside its temporary file: ``.NAME.partial.KIND``."""
     assert kind in SPOOL_KINDS
     return f"{partial_path(output)}.{kind}"
+
+
+def partial_run_exists(output: str) -> bool:
+    """Whether a journal of a partial run of ``output`` is there (``--resume`` can continue it)."""
+    return os.path.exists(spool_path(output, "journal"))
 
 
 def remove_partial(output: str) -> None:

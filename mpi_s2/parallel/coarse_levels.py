@@ -16,7 +16,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpi_s2.errors import MpiS2Error
-from mpi_s2.output.cog import CogAssembler
+from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.output.tiles import unpack_tiles
 from mpi_s2.output.window_encoding import WindowEncoder
 from mpi_s2.parallel.roles import WRITER_RANK
@@ -37,7 +37,7 @@ def _strip_message(level: int, row: int, rows: int, pixels: np.ndarray | None) -
     return message
 
 
-def serve_strips(comm: MPI.Comm, assembler: CogAssembler, workers: tuple[int, ...], stats: RankStats) -> None:
+def serve_strips(comm: MPI.Comm, assembler: TiffAssembler, workers: tuple[int, ...], stats: RankStats) -> None:
     """Writer: have ``workers`` encode every coarse strip; the tiles go into ``assembler``."""
     strips = deque(assembler.coarse_strips())
     in_flight: dict[int, tuple[MPI.Request, np.ndarray]] = {}
@@ -93,7 +93,7 @@ def encode_strips(comm: MPI.Comm, encoder: WindowEncoder, stats: RankStats) -> N
             comm.Send([reply, MPI.UINT8_T], dest=WRITER_RANK, tag=STRIP_TILES_TAG)
 
 
-def encode_strips_here(assembler: CogAssembler, encoder: WindowEncoder, stats: RankStats) -> None:
+def encode_strips_here(assembler: TiffAssembler, encoder: WindowEncoder, stats: RankStats) -> None:
     """One-rank job: encode every coarse strip in this process."""
     for level, row, rows in assembler.coarse_strips():
         with stats.timer("encode"):

@@ -22,17 +22,17 @@ from typing import Any, Protocol
 import numpy as np
 from mpi4py import MPI
 
+from mpi_s2 import faults
 from mpi_s2.config import ComposeConfig
-from mpi_s2.errors import MpiS2Error
+from mpi_s2.errors import InputError, MpiS2Error, OutputError
 from mpi_s2.inputs.cloudmask import invalid_class_lut
 from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
 from mpi_s2.inputs.stager import Stager
 from mpi_s2.output.quicklook import write_quicklook
-from mpi_s2.output.tiff_assembly import TiledTiffAssembler
-from mpi_s2.output.cog import CogAssembler
+from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.output.tiles import unpack_tiles
 from mpi_s2.output.window_encoding import WindowEncoder
-from mpi_s2.output.writer import GeoTiffWriter, remove_partial
+from mpi_s2.output.writer import GeoTiffWriter, partial_run_exists, remove_partial
 from mpi_s2.parallel.coarse_levels import encode_strips, encode_strips_here, serve_strips
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
@@ -80,10 +80,10 @@ class LocalSink:
         pass
 
 
-class CogSink:
-    """One-rank ``--cog`` job: encoded windows go straight into the assembler."""
+class AssemblerSink:
+    """One-rank job: encoded windows go straight into the assembler."""
 
-    def __init__(self, assembler: CogAssembler, stats: RankStats, progress: Progress):
+    def __init__(self, assembler: TiffAssembler, stats: RankStats, progress: Progress):
         self.assembler, self.stats, self.progress = assembler, stats, progress
         self.done = 0
 
@@ -129,8 +129,10 @@ def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> np.ndarray:
     return luts
 
 
-def make_scheduler(plan: Plan, roles: Roles) -> Scheduler:
-    return Scheduler(len(plan.stage_units), plan.independent, roles.worker_ranks, plan.config.schedule)
+def make_scheduler(plan: Plan, roles: Roles, todo: list[int]) -> Scheduler:
+    """The scheduler of the windows ``todo``; staging is skipped when none of them reads a staged copy."""
+    staging = len(plan.stage_units) if not all(plan.independent[i] for i in todo) else 0
+    return Scheduler(staging, plan.independent, roles.worker_ranks, plan.config.schedule, windows=todo)
 
 
 def batch_table(plan: Plan, items: list[WorkItem]) -> np.ndarray:
@@ -208,6 +210,7 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
                 sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
             sent += 1
             stats.windows += 1
+            faults.window_done(stats.rank, sent)
             stats.pixels += what.size
         done = staged_done()
         with stats.timer("wait"):
@@ -218,8 +221,8 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
         sink.close()
 
 
-def receive_windows(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress
-                    ) -> Iterator[tuple[int, np.ndarray]]:
+def receive_windows(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress,
+                    expected: int) -> Iterator[tuple[int, np.ndarray]]:
     """Rank 0's loop: answer workers' requests for work, and yield each window's message as it arrives.
 
     Ends when every window has arrived and every worker has been told to stop. The message is valid until the
@@ -230,7 +233,7 @@ def receive_windows(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: Ran
     status = MPI.Status()
     batches = BatchSender(comm)
     received = 0
-    while received < len(plan.windows) or not scheduler.finished:
+    while received < expected or not scheduler.finished:
         with stats.timer("wait"):
             wait_for_message(comm, status)
         if status.Get_tag() in (REQUEST_TAG, PROGRESS_TAG):
@@ -258,44 +261,54 @@ def window_encoder(plan: Plan) -> WindowEncoder:
                          plan.overview_levels, plan.worker_overview_levels)
 
 
-def cog_assembler(plan: Plan) -> CogAssembler:
-    return CogAssembler(plan.output, plan.windows, plan.overview_levels, plan.worker_overview_levels)
+def resumable(plan: Plan) -> bool:
+    """Whether the run keeps a journal (workers encode whole tiles; see mpi_s2.output.tiff_assembly)."""
+    return plan.writer_encodes_because is None
 
 
-def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress) -> None:
-    """Write every window the workers send, as GDAL writes (encoding tiles here) or by placing the tiles the
-    workers encoded; commit the file at the end."""
-    messages = receive_windows(comm, plan, scheduler, stats, progress)
-    if plan.config.cog:
-        with stats.timer("write"):
-            cog = cog_assembler(plan)
+def open_output(comm: MPI.Comm, roles: Roles, plan: Plan) -> TiffAssembler | None:
+    """The writer opens the output (a new run, or ``--resume``'s partial one); an error ends every rank cleanly.
+
+    Returns the assembler on the writer (None where GDAL's writer encodes), None elsewhere.
+    """
+    assembler: TiffAssembler | None = None
+    error: MpiS2Error | None = None
+    if roles.is_writer:
         try:
-            for index, message in messages:
-                with stats.timer("write"):
-                    cog.add(index, unpack_tiles(message[HEADER_BYTES:]))
-            serve_strips(comm, cog, Roles(comm.rank, comm.size).worker_ranks, stats)
-            with stats.timer("write"):
-                cog.write()
-                cog.commit()
-        except BaseException:
-            cog.discard()
-            raise
-        return
-    if plan.writer_encodes_because is None:
-        assembler = TiledTiffAssembler(plan.output)
-        try:
-            def windows() -> Iterator[list[tuple[int, bytes]]]:
-                for _index, message in messages:
-                    start = time.perf_counter()
-                    yield unpack_tiles(message[HEADER_BYTES:])
-                    stats.seconds["write"] += time.perf_counter() - start  # tifffile placing the tiles
+            if resumable(plan):
+                assembler = TiffAssembler(plan.output, plan.windows, levels=plan.overview_levels,
+                                          encoded_levels=plan.worker_overview_levels, fingerprint=plan.fingerprint,
+                                          resume=plan.config.resume)
+            elif plan.config.resume:
+                raise OutputError(f"{plan.config.output}: --resume needs tiles encoded by the workers, and here "
+                                  f"the {plan.writer_encodes_because}")
+        except MpiS2Error as exc:
+            error = exc
+    error = comm.bcast(error, root=WRITER_RANK) if comm.size > 1 else error
+    if error is not None:
+        raise CollectiveFailure(error)
+    return assembler
 
-            assembler.write(windows())
+
+def _finish(assembler: TiffAssembler, stats: RankStats) -> None:
+    with stats.timer("write"):
+        assembler.write()
+        assembler.commit()
+
+
+def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStats, progress: Progress,
+               assembler: TiffAssembler | None, expected: int) -> None:
+    """Receive the ``expected`` windows the workers send and write the file: place the tiles they encoded
+    (``assembler``), or encode here with GDAL's writer; commit the file at the end."""
+    messages = receive_windows(comm, plan, scheduler, stats, progress, expected)
+    if assembler is not None:
+        for count, (index, message) in enumerate(messages, start=1):
             with stats.timer("write"):
-                assembler.commit()
-        except BaseException:
-            assembler.discard()
-            raise
+                assembler.add(index, unpack_tiles(message[HEADER_BYTES:]))
+            faults.window_done(comm.rank, count)
+        if plan.config.cog:
+            serve_strips(comm, assembler, Roles(comm.rank, comm.size).worker_ranks, stats)
+        _finish(assembler, stats)
         return
     writer = GeoTiffWriter(plan.output)
     try:
@@ -310,9 +323,10 @@ def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStat
         raise
 
 
-def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress, counter: DecodeCounter) -> None:
+def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress, counter: DecodeCounter,
+               assembler: TiffAssembler | None, todo: list[int]) -> None:
     """One process holds every role: the same scheduler and worker loop, without messages."""
-    scheduler = make_scheduler(plan, Roles(0, 1))
+    scheduler = make_scheduler(plan, Roles(0, 1), todo)
 
     class LocalFeed:
         def ask(self, staged_done: int) -> None:
@@ -324,18 +338,11 @@ def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress, counter: 
             return table_to_items(batch_table(plan, items))
 
     first = table_to_items(batch_table(plan, scheduler.first_batches()[0]))
-    if plan.config.cog:
-        cog = cog_assembler(plan)
-        try:
-            run_worker(plan, luts, first, LocalFeed(), CogSink(cog, stats, progress), stats, counter,
-                       encode_tiles=True)
-            encode_strips_here(cog, window_encoder(plan), stats)
-            with stats.timer("write"):
-                cog.write()
-                cog.commit()
-        except BaseException:
-            cog.discard()
-            raise
+    if assembler is not None:
+        run_worker(plan, luts, first, LocalFeed(), AssemblerSink(assembler, stats, progress), stats, counter,
+                   encode_tiles=True)
+        encode_strips_here(assembler, window_encoder(plan), stats)
+        _finish(assembler, stats)
         return
     writer = GeoTiffWriter(plan.output)
     try:
@@ -374,17 +381,19 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
         try:
             luts = broadcast_luts(comm, roles, plan)
-            scheduler = make_scheduler(plan, roles) if roles.is_planner else None
-            progress = Progress(len(plan.windows), enabled=config.progress and roles.is_writer)
+            assembler = open_output(comm, roles, plan)
+            todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
+            scheduler = make_scheduler(plan, roles, todo) if roles.is_planner else None
+            progress = Progress(len(todo), enabled=config.progress and roles.is_writer)
             if roles.serial:
-                run_serial(plan, luts, stats, progress, counter)
+                run_serial(plan, luts, stats, progress, counter, assembler, todo)
             else:
                 first = scheduler.first_batches() if scheduler else {}
                 mine = scatter_batches(comm, PLANNER_RANK,
                                        {r: batch_table(plan, b) for r, b in first.items()} if scheduler else None)
                 if roles.is_writer:
                     assert scheduler is not None
-                    run_writer(comm, plan, scheduler, stats, progress)
+                    run_writer(comm, plan, scheduler, stats, progress, assembler, len(todo))
                 else:
                     run_worker(plan, luts, table_to_items(mine), MpiFeed(comm),
                                BlockSender(comm, WRITER_RANK), stats, counter, encode_tiles=True)
@@ -393,9 +402,17 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
             if roles.is_writer and config.quicklook:
                 with stats.timer("write"):
                     preview = write_quicklook(config.output, config.quicklook, config.quicklook_size)
-        except BaseException:
-            remove_partial(config.output)
+        except CollectiveFailure:
             remove_staging(plan.staging_directory)
+            raise  # before anything was written (a resume that does not match: nothing touched)
+        except BaseException as exc:
+            remove_staging(plan.staging_directory)
+            if resumable(plan) and not isinstance(exc, InputError):  # bad input: resuming cannot help
+                if partial_run_exists(config.output):
+                    log.warning("the partial run is kept beside %s: rerun with --resume to finish it, or "
+                                "without --resume to start over", config.output)
+            else:
+                remove_partial(config.output)
             raise
     ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
     if not roles.is_planner:
@@ -404,6 +421,8 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     wall = time.perf_counter() - start
     decodes = merge_counts([rank.pop("decode") for rank in ranks])
     report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
+    report["windows_reused"] = len(plan.windows) - len(todo)
+    report["windows_computed"] = len(todo)
     if config.quicklook:
         report["quicklook"] = {"path": config.quicklook, "size": list(preview)}
     if config.report:
@@ -439,5 +458,6 @@ def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, di
         "cog": {"overview_levels": plan.overview_levels, "levels_encoded_with_windows": plan.worker_overview_levels}
         if config.cog else None,
         "tiles_encoded_by": ("workers" if plan.writer_encodes_because is None and size > 1
-                             else "writer (one rank)" if size == 1 else f"writer: {plan.writer_encodes_because}"),
+                             else "the one rank" if plan.writer_encodes_because is None
+                             else f"writer: {plan.writer_encodes_because}"),
     }

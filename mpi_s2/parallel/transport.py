@@ -72,12 +72,9 @@ class BlockSender:
 
 
 def tile_message(index: int, tiles: list[TileEntry]) -> np.ndarray:
-    """A window's encoded tiles as one uint8 message: the window index, then :func:`pack_tiles`' buffers."""
-    table, payload = pack_tiles(tiles)
-    message = np.empty(HEADER_BYTES + table.nbytes + payload.nbytes, dtype=np.uint8)
+    """A window's encoded tiles as one uint8 message: the window index, then :func:`pack_tiles`' layout."""
+    message = pack_tiles(tiles, HEADER_BYTES)
     message[:HEADER_BYTES].view(np.int64)[0] = index
-    message[HEADER_BYTES: HEADER_BYTES + table.nbytes] = table.view(np.uint8)
-    message[HEADER_BYTES + table.nbytes:] = payload
     return message
 
 

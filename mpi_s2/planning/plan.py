@@ -7,6 +7,7 @@ without its work lists: each worker learns its work from the scatter and from ra
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from mpi_s2.config import ComposeConfig
 from mpi_s2.errors import InputError, OutputError
 from mpi_s2.inputs.metadata import RGB_BANDS
+from mpi_s2.planning.fingerprint import run_fingerprint
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.profiles import creation_options
@@ -46,6 +48,7 @@ class Plan:
     writer_encodes_because: str | None = None  # None: workers encode whole output tiles; else why not
     overview_levels: int = 0  # --cog: internal overview levels (see mpi_s2.output.overviews)
     worker_overview_levels: int = 0  # --cog: levels 1 .. this one are encoded by the workers with the windows
+    fingerprint: dict | None = None  # what identifies the result (see mpi_s2.planning.fingerprint), rank 0 only
 
 
 def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
@@ -119,11 +122,12 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
                                                    single_node=single_node)
     copied = [s.placement for s, before in zip(sources, placed) if s != before]
     independent = tuple(not any(intersection(w, p) for p in copied) for w in windows)
-    return Plan(config, grid, tuple(sources), block_size, window_size, windows, output,
+    plan = Plan(config, grid, tuple(sources), block_size, window_size, windows, output,
                 empty_windows=len(all_windows) - len(windows), staged=tuple(staged), stage_units=tuple(units),
                 independent=independent, blocks_total=blocks_total, staging_directory=staging,
                 writer_encodes_because=workers_can_compress(options, window_size, grid.size),
                 overview_levels=levels, worker_overview_levels=encoded_levels)
+    return dataclasses.replace(plan, fingerprint=run_fingerprint(plan))
 
 
 def plan_cog(config: ComposeConfig, options: dict[str, str], window_size: tuple[int, int],

@@ -88,7 +88,9 @@ class Scheduler:
     done. An empty batch tells a worker to stop.
     """
 
-    def __init__(self, n_stage: int, independent: Sequence[bool], workers: Sequence[int], policy: str = "dynamic"):
+    def __init__(self, n_stage: int, independent: Sequence[bool], workers: Sequence[int], policy: str = "dynamic",
+                 windows: Sequence[int] | None = None):
+        """``windows``: the indices of the windows to hand out (default all; a resumed run omits those done)."""
         if policy not in SCHEDULES:
             raise ValueError(f"unknown schedule {policy!r}; known: {', '.join(SCHEDULES)}")
         self.policy = policy
@@ -96,14 +98,15 @@ class Scheduler:
         self.n_stage = n_stage
         self.independent = list(independent)
         self._stage = deque(range(n_stage))
-        self._windows = list(range(len(self.independent)))  # not yet handed out, in row-major order
+        todo = list(range(len(self.independent))) if windows is None else sorted(windows)
+        self._windows = list(todo)  # not yet handed out, in row-major order
         self._staged_done = {w: 0 for w in self.workers}
         self._pending: list[int] = []
         self._stopped: set[int] = set()
         if policy == "static":
             self._static_stage = dict(zip(self.workers, contiguous_shares(n_stage, len(self.workers))))
-            self._static_windows = dict(zip(self.workers, contiguous_shares(len(self.independent),
-                                                                            len(self.workers))))
+            self._static_windows = {w: [todo[i] for i in share]
+                                    for w, share in zip(self.workers, contiguous_shares(len(todo), len(self.workers)))}
 
     # -- state -------------------------------------------------------------------------------------------
     @property
@@ -129,7 +132,7 @@ class Scheduler:
         if self.policy == "static":
             if only_independent:
                 return []
-            share = self._static_windows.pop(worker, range(0))
+            share = self._static_windows.pop(worker, [])
             taken = set(share)
             self._windows = [i for i in self._windows if i not in taken]
             return [WorkItem(KIND_WINDOW, i) for i in share]

@@ -1,0 +1,29 @@
+"""Fault injection for tests: make one rank fail or die after it has handled K windows.
+
+``MPI_S2_TEST_FAULT=RANK:K:fail`` raises an error on rank RANK after its K-th window; ``RANK:K:kill`` sends
+it SIGKILL (after half a second, so that what it sent has arrived and been journaled, as a real crash of a
+busy rank would find it). Unset, :func:`window_done` costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from mpi_s2.errors import MpiS2Error
+
+_SPEC = os.environ.get("MPI_S2_TEST_FAULT")
+
+
+def window_done(rank: int, count: int) -> None:
+    """Called by a rank each time it has handled a window (``count`` so far)."""
+    if not _SPEC:
+        return
+    target, after, action = _SPEC.split(":")
+    if int(target) != rank or count != int(after):
+        return
+    if action == "kill":
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise MpiS2Error(f"test fault: rank {rank} fails after {count} windows (MPI_S2_TEST_FAULT)")

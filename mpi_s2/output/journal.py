@@ -1,0 +1,116 @@
+"""The writer backend's journal: which windows' tiles are durably written, so that a killed run can resume.
+
+An append-only text file beside the output (``.NAME.partial.journal``). Its first line is a JSON header: the
+run's fingerprint (inputs and every parameter that changes a pixel or a byte, see
+:mod:`mpi_s2.planning.fingerprint`) and where the tile data starts. Then one JSON line per window:
+``{"w": window index, "t": [[level, tile number, offset, size], ...]}``.
+
+A line is appended only after the tile data it names has reached the disk (``fdatasync`` of the data file),
+and the journal itself is synced after it, so after any crash the journal never names bytes that are not there.
+Syncing costs milliseconds on a local disk and more on a cluster file system, so windows are committed in
+groups: at most every :data:`COMMIT_INTERVAL_S` seconds (``MPI_S2_COMMIT_INTERVAL`` overrides it), losing at
+most that much work to a crash. A torn last line (the crash came while appending) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mpi_s2.errors import OutputError
+
+COMMIT_INTERVAL_S = 1.0
+FORMAT = 1
+
+Record = tuple[int, list[list[int]]]  # window index, [[level, number, offset, size], ...]
+
+
+def commit_interval() -> float:
+    text = os.environ.get("MPI_S2_COMMIT_INTERVAL")
+    return float(text) if text else COMMIT_INTERVAL_S
+
+
+class Journal:
+    """Append-only, group-committed record of finished windows."""
+
+    def __init__(self, path: str, handle, header: dict[str, Any]):
+        self.path = path
+        self.header = header
+        self._fh = handle
+        self._pending: list[str] = []
+        self._last_commit = time.monotonic()
+        self.interval = commit_interval()
+
+    @classmethod
+    def create(cls, path: str, fingerprint: dict[str, Any], data_start: int) -> Journal:
+        header = {"format": FORMAT, "fingerprint": fingerprint, "data_start": data_start}
+        fh = open(path, "w", encoding="utf-8")
+        fh.write(json.dumps(header, sort_keys=True) + "\n")
+        fh.flush()
+        os.fdatasync(fh.fileno())
+        return cls(path, fh, header)
+
+    @staticmethod
+    def read(path: str) -> tuple[dict[str, Any], list[Record]]:
+        """An existing journal's header and complete records (read only: nothing is changed)."""
+        header, records, _ = _parse(path)
+        return header, records
+
+    @classmethod
+    def reopen(cls, path: str, header: dict[str, Any]) -> Journal:
+        """Continue an existing journal: drop a torn last line, then append."""
+        _, _, good = _parse(path)
+        fh = open(path, "r+", encoding="utf-8")
+        fh.truncate(good)
+        fh.seek(good)
+        return cls(path, fh, header)
+
+    def record(self, window: int, tiles: list[list[int]]) -> None:
+        """``window``'s tiles are written (not yet synced): journal them at the next commit."""
+        self._pending.append(json.dumps({"w": window, "t": tiles}, separators=(",", ":")))
+
+    def maybe_commit(self, sync_data: Callable[[], None]) -> None:
+        if self._pending and time.monotonic() - self._last_commit >= self.interval:
+            self.commit(sync_data)
+
+    def commit(self, sync_data: Callable[[], None]) -> None:
+        """Sync the data, then append and sync the pending lines."""
+        if not self._pending:
+            return
+        sync_data()
+        self._fh.write("\n".join(self._pending) + "\n")
+        self._fh.flush()
+        os.fdatasync(self._fh.fileno())
+        self._pending = []
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+
+
+def _parse(path: str) -> tuple[dict[str, Any], list[Record], int]:
+    """Header, complete records and the length of the good part of the journal at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot read the journal of the partial run: {exc.strerror}") from None
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise OutputError(f"{path}: not a journal of mpi_s2 (unreadable header)") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise OutputError(f"{path}: not a journal of this mpi_s2 version (format {FORMAT})")
+    records: list[Record] = []
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+            records.append((int(entry["w"]), [list(map(int, t)) for t in entry["t"]]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            break  # the torn last line of a crash, or the empty string after the last newline
+    good = len(lines[0]) + 1 + sum(len(line) + 1 for line in lines[1: 1 + len(records)])
+    return header, records, good

@@ -1,0 +1,93 @@
+"""What identifies a run's result, so that ``--resume`` only continues a run that would give the same file.
+
+The fingerprint holds every input file (path, size, modification time), the output grid, the windows, the
+radiometry and every option that changes a pixel or a byte of the output. Options that do not (rank count,
+schedule, staging directory, progress, report) are left out: a run may resume with another rank count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from osgeo import gdal
+
+from mpi_s2.errors import InputError
+
+
+def file_identity(path: str) -> list[Any]:
+    """``[path, size, modification time]``; GDAL's virtual paths (``/vsizip/...``) through GDAL."""
+    if path.startswith("/vsi"):
+        st = gdal.VSIStatL(path)
+        if st is None:
+            raise InputError(f"{path}: cannot stat")
+        return [path, st.size, st.mtime]
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def run_fingerprint(plan) -> dict[str, Any]:
+    """The fingerprint of ``plan`` (a :class:`~mpi_s2.planning.plan.Plan`), JSON-serialisable."""
+    config = plan.config
+    files = []
+    for source in plan.sources:
+        for path in (*source.files, *([source.scl] if source.scl else [])):
+            files.append(file_identity(path))
+    for product in config.products:  # the metadata a product's radiometry came from
+        if os.path.isfile(product):
+            files.append(file_identity(product))
+    fingerprint = {
+        "inputs": files,
+        "grid": {"size": list(plan.grid.size), "geotransform": list(plan.grid.geotransform),
+                 "crs_wkt": plan.grid.crs_wkt},
+        "window_size": list(plan.window_size),
+        "windows": len(plan.windows),
+        "radiometry": [[[s.offset, s.scale] for s in source.stretches] for source in plan.sources],
+        "options": {"max_reflectance": config.max_reflectance, "gamma": config.gamma,
+                    "resolution": config.resolution, "cloud_mask": config.cloud_mask,
+                    "mask_classes": list(config.mask_classes) if config.cloud_mask else None,
+                    "crs": config.crs, "resampling": config.resampling, "alpha": config.alpha,
+                    "cog": config.cog},
+        "creation_options": dict(sorted(plan.output.creation_options.items())),
+    }
+    return json.loads(json.dumps(fingerprint))  # plain JSON types, as they read back from a file
+
+
+def first_difference(stored: Any, current: Any, where: str = "") -> str | None:
+    """A short description of the first place where two fingerprints differ, or None when equal."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        for key in sorted(set(stored) | set(current)):
+            found = first_difference(stored.get(key), current.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        for i, (a, b) in enumerate(zip(stored, current)):
+            found = first_difference(a, b, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if stored != current:
+        return f"{where}: was {_short(stored)}, now {_short(current)}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why a partial run with fingerprint ``stored`` cannot be resumed by a run with ``current``; None if it can."""
+    old, new = stored.get("inputs", []), current.get("inputs", [])
+    if [f[0] for f in old] != [f[0] for f in new]:
+        paths = [f[0] for f in new if f[0] not in {g[0] for g in old}] or [f[0] for f in old]
+        return f"the inputs differ from the partial run's (e.g. {paths[0]})"
+    for before, now in zip(old, new):
+        if before != now:
+            return f"input {now[0]} changed since the partial run (size or modification time)"
+    return first_difference(stored, current)
