@@ -122,6 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
                               "each worker gets a fixed contiguous share")
 
+    compose.add_argument("--backend", choices=("writer", "hdf5"), default="writer",
+                         help="writer (default): rank 0 alone writes the GeoTIFF from the tiles the workers "
+                              "encode; hdf5: all workers write one parallel-HDF5 file collectively (OUTPUT with "
+                              ".h5), then it is converted to the GeoTIFF in the same job")
+    compose.add_argument("--keep-h5", action="store_true", help="hdf5 backend: keep the HDF5 file")
+
+    convert = sub.add_parser(
+        "convert", parents=[verbosity], help="convert an HDF5 file of compose --backend hdf5 to a GeoTIFF or COG",
+        description="Convert a complete HDF5 file written by 'compose --backend hdf5 --keep-h5' to a GeoTIFF "
+                    "(or COG), in parallel under mpirun: workers read and encode tiles, rank 0 writes.",
+    )
+    convert.add_argument("h5", metavar="RUN.h5", help="the HDF5 file")
+    convert.add_argument("-o", "--output", required=True, help="output GeoTIFF")
+    convert.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
+    convert.add_argument("--co", action="append", default=[], metavar="KEY=VALUE",
+                         help="creation option overriding the one stored in the file (repeatable)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    convert.add_argument("--report", metavar="JSON", help="write per-rank timings here")
+    convert.add_argument("--schedule", choices=SCHEDULES, default="dynamic", help="work distribution")
+
     synth = sub.add_parser(
         "synth", parents=[verbosity], help="write a synthetic Sentinel-2-like scene (B04, B03, B02)",
         description="Write three georeferenced uint16 GeoTIFFs (UTM 32N, 10 m) that look like a Sentinel-2 tile.",
@@ -175,7 +195,8 @@ def compose_config(args: argparse.Namespace):
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
         cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
         crs=args.crs, resampling=args.resampling, alpha=not args.no_alpha, window=args.window,
-        schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, quicklook=args.quicklook,
+        schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, backend=args.backend,
+        keep_h5=args.keep_h5, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
         creation_options=options, overwrite=args.overwrite, resume=args.resume, report=args.report,
         progress=not args.quiet,
@@ -206,13 +227,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 written = list(paths.values())
             logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
             return 0
-        config = compose_config(args)
+        if args.command == "convert":
+            from mpi_s2.output.profiles import parse_creation_option
+
+            overrides = dict(parse_creation_option(text) for text in args.co)
+        else:
+            config = compose_config(args)
     except MpiS2Error as exc:
         if launcher_rank() == 0:
             report_error(str(exc))
         return exc.exit_code
 
     from mpi_s2.parallel.runtime import run_job
+
+    if args.command == "convert":
+        from mpi_s2.parallel.convert import convert
+
+        return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=overrides,
+                                            overwrite=args.overwrite, schedule=args.schedule,
+                                            progress=not args.quiet, report=args.report))
     from mpi_s2.parallel.pipeline import compose
 
     return run_job(lambda comm: compose(config, comm))

@@ -41,6 +41,8 @@ class ComposeConfig:
     window: int | None = None
     schedule: str = "dynamic"  # or "static" (see mpi_s2.planning.scheduling)
     staging_dir: str | None = None  # None: beside the output (see mpi_s2.planning.stage_plan)
+    backend: str = "writer"  # or "hdf5" (see mpi_s2.parallel.hdf5_backend)
+    keep_h5: bool = False  # hdf5 backend: keep the HDF5 file after converting it
     resume: bool = False  # continue a killed run (see mpi_s2.output.tiff_assembly)
     cog: bool = False  # a Cloud-Optimized GeoTIFF with internal overviews (see mpi_s2.output.cog)
     quicklook: str | None = None  # a .png or .jpg preview of the output (see mpi_s2.output.quicklook)

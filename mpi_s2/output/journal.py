@@ -7,22 +7,25 @@ run's fingerprint (inputs and every parameter that changes a pixel or a byte, se
 
 A line is appended only after the tile data it names has reached the disk (``fdatasync`` of the data file),
 and the journal itself is synced after it, so after any crash the journal never names bytes that are not there.
-Syncing costs milliseconds on a local disk and more on a cluster file system, so windows are committed in
-groups: at most every :data:`COMMIT_INTERVAL_S` seconds (``MPI_S2_COMMIT_INTERVAL`` overrides it), losing at
-most that much work to a crash. A torn last line (the crash came while appending) is ignored.
+Syncing writes back everything the file has in the page cache, which takes seconds for large uncompressed
+outputs, so windows are committed in groups, at most every :data:`COMMIT_INTERVAL_S` seconds
+(``MPI_S2_COMMIT_INTERVAL`` overrides it; a crash loses at most that much work), and by a background thread:
+the writer keeps placing tiles meanwhile (``fdatasync`` releases the GIL). The finished file is not synced
+(as GDAL does not sync it either). A torn last line (the crash came while appending) is ignored.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from mpi_s2.errors import OutputError
 
-COMMIT_INTERVAL_S = 1.0
+COMMIT_INTERVAL_S = 30.0
 FORMAT = 1
 
 Record = tuple[int, list[list[int]]]  # window index, [[level, number, offset, size], ...]
@@ -43,6 +46,8 @@ class Journal:
         self._pending: list[str] = []
         self._last_commit = time.monotonic()
         self.interval = commit_interval()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     @classmethod
     def create(cls, path: str, fingerprint: dict[str, Any], data_start: int) -> Journal:
@@ -73,21 +78,49 @@ class Journal:
         self._pending.append(json.dumps({"w": window, "t": tiles}, separators=(",", ":")))
 
     def maybe_commit(self, sync_data: Callable[[], None]) -> None:
-        if self._pending and time.monotonic() - self._last_commit >= self.interval:
-            self.commit(sync_data)
-
-    def commit(self, sync_data: Callable[[], None]) -> None:
-        """Sync the data, then append and sync the pending lines."""
-        if not self._pending:
+        """Commit the pending windows in the background if the interval has passed and none is in flight."""
+        self._raise_background_error()
+        if not self._pending or time.monotonic() - self._last_commit < self.interval:
             return
+        if self._thread is not None and self._thread.is_alive():
+            return
+        lines, self._pending = self._pending, []
+        self._last_commit = time.monotonic()
+        if self.interval <= 0:  # tests: every window at once, in this thread
+            self._commit(sync_data, lines)
+            return
+        self._thread = threading.Thread(target=self._commit_in_background, args=(sync_data, lines), daemon=True)
+        self._thread.start()
+
+    def _commit_in_background(self, sync_data: Callable[[], None], lines: list[str]) -> None:
+        try:
+            self._commit(sync_data, lines)
+        except BaseException as exc:  # reported by the writer's next call
+            self._error = exc
+
+    def _commit(self, sync_data: Callable[[], None], lines: list[str]) -> None:
+        """Sync the data, then append and sync ``lines``."""
         sync_data()
-        self._fh.write("\n".join(self._pending) + "\n")
+        self._fh.write("\n".join(lines) + "\n")
         self._fh.flush()
         os.fdatasync(self._fh.fileno())
-        self._pending = []
-        self._last_commit = time.monotonic()
+
+    def _raise_background_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def wait(self) -> None:
+        """Let a commit in flight finish (before the data file is closed or renamed)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._raise_background_error()
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         if self._fh is not None and not self._fh.closed:
             self._fh.close()
 

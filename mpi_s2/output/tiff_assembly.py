@@ -213,6 +213,7 @@ class TiffAssembler:
         view = memoryview(data).cast("B")
         try:
             self._data.write(view)
+            self._data.flush()  # in the file (page cache) before the journal's thread may sync it
         except OSError as exc:
             raise _fail(self.spec, exc) from None
         offset, size = self._end, len(view)
@@ -221,7 +222,7 @@ class TiffAssembler:
         return offset, size
 
     def _sync(self) -> None:
-        self._data.flush()
+        """Make what the journal is about to name durable (the journal's thread; appends go on meanwhile)."""
         os.fdatasync(self._data.fileno())
         if self._coarse is not None:
             self._coarse.flush()
@@ -240,7 +241,7 @@ class TiffAssembler:
         """Complete the file under the temporary name (every tile has arrived)."""
         try:
             if self._journal is not None:
-                self._journal.commit(self._sync)
+                self._journal.wait()
             self._data.flush()
             if self.levels == 0:
                 self._data.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from mpi_s2.errors import InputError, MpiS2Error, OutputError
 from mpi_s2.inputs.cloudmask import invalid_class_lut
 from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
 from mpi_s2.inputs.stager import Stager
+from mpi_s2.output.hdf5_store import h5_path
 from mpi_s2.output.quicklook import write_quicklook
 from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.output.tiles import unpack_tiles
@@ -141,7 +143,14 @@ def batch_table(plan: Plan, items: list[WorkItem]) -> np.ndarray:
 
 class WorkFeed(Protocol):
     def ask(self, staged_done: int) -> None: ...
+    def report(self, staged_done: int) -> None: ...
     def next(self, staged_done: int) -> Batch: ...
+
+
+class WindowSource(Protocol):
+    """What fills a window's block: the inputs composed (WindowRenderer), or an HDF5 file read back."""
+
+    def render(self, window: Window, block: np.ndarray, stats: RankStats) -> None: ...
 
 
 class MpiFeed:
@@ -153,12 +162,34 @@ class MpiFeed:
     def ask(self, staged_done: int) -> None:
         self.requests.ask(staged_done)
 
+    def report(self, staged_done: int) -> None:
+        self.requests.report(staged_done)
+
     def next(self, staged_done: int) -> Batch:
         return table_to_items(self.requests.next(staged_done))
 
 
+class LocalFeed:
+    """One-rank job: batches straight from the scheduler."""
+
+    def __init__(self, plan: Plan, scheduler: Scheduler):
+        self.plan, self.scheduler = plan, scheduler
+
+    def ask(self, staged_done: int) -> None:
+        pass
+
+    def report(self, staged_done: int) -> None:
+        pass
+
+    def next(self, staged_done: int) -> Batch:
+        self.scheduler.request(0, staged_done)
+        (_, items), = self.scheduler.replies()
+        return table_to_items(batch_table(self.plan, items))
+
+
 def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink: BlockSink,
-               stats: RankStats, counter: DecodeCounter, encode_tiles: bool = False) -> None:
+               stats: RankStats, counter: DecodeCounter, encode_tiles: bool = False,
+               renderer: "WindowSource | None" = None) -> None:
     """Do batches of work until told to stop: stage units are decoded and copied, windows rendered and sent.
 
     The next batch is asked for as the last item of the current one starts; staging units are reported done
@@ -166,7 +197,6 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
     """
     bands_out = plan.config.band_count
     max_pixels = plan.window_size[0] * plan.window_size[1]
-    renderer: WindowRenderer | None = None
     stager: Stager | None = None
     buffers = [message_buffer(bands_out, max_pixels) for _ in range(SLOTS)]
     messages: list[np.ndarray | None] = [None] * SLOTS  # encoded tiles in flight
@@ -324,34 +354,48 @@ def run_writer(comm: MPI.Comm, plan: Plan, scheduler: Scheduler, stats: RankStat
 
 
 def run_serial(plan: Plan, luts, stats: RankStats, progress: Progress, counter: DecodeCounter,
-               assembler: TiffAssembler | None, todo: list[int]) -> None:
+               assembler: TiffAssembler | None, todo: list[int], renderer: WindowSource | None = None) -> None:
     """One process holds every role: the same scheduler and worker loop, without messages."""
     scheduler = make_scheduler(plan, Roles(0, 1), todo)
-
-    class LocalFeed:
-        def ask(self, staged_done: int) -> None:
-            pass
-
-        def next(self, staged_done: int) -> Batch:
-            scheduler.request(0, staged_done)
-            (_, items), = scheduler.replies()
-            return table_to_items(batch_table(plan, items))
-
     first = table_to_items(batch_table(plan, scheduler.first_batches()[0]))
     if assembler is not None:
-        run_worker(plan, luts, first, LocalFeed(), AssemblerSink(assembler, stats, progress), stats, counter,
-                   encode_tiles=True)
+        run_worker(plan, luts, first, LocalFeed(plan, scheduler), AssemblerSink(assembler, stats, progress), stats, counter,
+                   encode_tiles=True, renderer=renderer)
         encode_strips_here(assembler, window_encoder(plan), stats)
         _finish(assembler, stats)
         return
     writer = GeoTiffWriter(plan.output)
     try:
-        run_worker(plan, luts, first, LocalFeed(), LocalSink(plan, writer, stats, progress), stats, counter)
+        run_worker(plan, luts, first, LocalFeed(plan, scheduler), LocalSink(plan, writer, stats, progress), stats, counter,
+                   renderer=renderer)
         with stats.timer("write"):
             writer.commit()
     except BaseException:
         writer.discard()
         raise
+
+
+def write_output(comm: MPI.Comm, roles: Roles, plan: Plan, luts: np.ndarray, stats: RankStats,
+                 counter: DecodeCounter, assembler: TiffAssembler | None, todo: list[int],
+                 renderer: WindowSource | None = None) -> None:
+    """The writer backend: windows ``todo`` are scheduled, filled (composed, or read by ``renderer``), encoded by
+    the workers and written by rank 0 (``assembler``, or GDAL's writer)."""
+    scheduler = make_scheduler(plan, roles, todo) if roles.is_planner else None
+    progress = Progress(len(todo), enabled=plan.config.progress and roles.is_writer)
+    if roles.serial:
+        run_serial(plan, luts, stats, progress, counter, assembler, todo, renderer)
+        return
+    first = scheduler.first_batches() if scheduler else {}
+    mine = scatter_batches(comm, PLANNER_RANK,
+                           {r: batch_table(plan, b) for r, b in first.items()} if scheduler else None)
+    if roles.is_writer:
+        assert scheduler is not None
+        run_writer(comm, plan, scheduler, stats, progress, assembler, len(todo))
+    else:
+        run_worker(plan, luts, table_to_items(mine), MpiFeed(comm), BlockSender(comm, WRITER_RANK), stats, counter,
+                   encode_tiles=True, renderer=renderer)
+        if plan.config.cog:
+            encode_strips(comm, window_encoder(plan), stats)
 
 
 def _describe_source(plan: Plan, i: int, blocks: dict[str, int]) -> dict[str, Any]:
@@ -369,6 +413,43 @@ def _describe_source(plan: Plan, i: int, blocks: dict[str, int]) -> dict[str, An
     }
 
 
+def keep_for_resume(plan: Plan, exc: BaseException) -> None:
+    """After a failure: keep what ``--resume`` can continue (and say so), remove everything else."""
+    config = plan.config
+    hdf5 = config.backend == "hdf5"
+    if hdf5:
+        remove_partial(config.output)  # the conversion's file: redone from the HDF5 file
+    state = h5_path(config.output) if hdf5 else None
+    if isinstance(exc, InputError) or not (hdf5 or resumable(plan)):  # bad input: resuming cannot help
+        remove_partial(config.output)
+        return
+    if (os.path.exists(state) if state else partial_run_exists(config.output)):
+        log.warning("the partial run is kept beside %s%s: rerun with --resume to finish it, or without --resume "
+                    "to start over", config.output, f" ({state})" if state else "")
+
+
+def compose_via_hdf5(comm: MPI.Comm, roles: Roles, plan: Plan, luts: np.ndarray, stats: RankStats,
+                     counter: DecodeCounter, info: dict[str, Any]) -> list[int]:
+    """The HDF5 backend: windows written collectively to the file, then converted in the same job."""
+    from mpi_s2.parallel.convert import compose_to_store, conversion_plan, convert_store
+
+    path = h5_path(plan.config.output)
+    start = time.perf_counter()
+    todo = compose_to_store(comm, roles, plan, luts, stats, counter)
+    info.update(path=path, write_phase_s=round(time.perf_counter() - start, 3))
+    start = time.perf_counter()
+    convert_stats = RankStats(comm.rank, roles.describe())
+    convert_store(comm, roles, conversion_plan(plan), path, convert_stats)
+    ranks = comm.gather(convert_stats.finish(), root=PLANNER_RANK)
+    info.update(convert_s=round(time.perf_counter() - start, 3), kept=plan.config.keep_h5)
+    if roles.is_planner:
+        info["convert_ranks"] = [{"rank": r["rank"], "seconds": r["seconds"], "cpu_s": r.get("cpu_s")}
+                                 for r in ranks]
+        if not plan.config.keep_h5:
+            os.unlink(path)
+    return todo
+
+
 def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     """Run the compose pipeline on ``comm``. Returns the run report on rank 0, ``None`` elsewhere."""
     start = time.perf_counter()
@@ -379,26 +460,15 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     stats.decoder_threads = threads
     with config_options(rank_options(threads)):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
+        hdf5: dict[str, Any] = {}
         try:
             luts = broadcast_luts(comm, roles, plan)
-            assembler = open_output(comm, roles, plan)
-            todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
-            scheduler = make_scheduler(plan, roles, todo) if roles.is_planner else None
-            progress = Progress(len(todo), enabled=config.progress and roles.is_writer)
-            if roles.serial:
-                run_serial(plan, luts, stats, progress, counter, assembler, todo)
+            if config.backend == "hdf5":
+                todo = compose_via_hdf5(comm, roles, plan, luts, stats, counter, hdf5)
             else:
-                first = scheduler.first_batches() if scheduler else {}
-                mine = scatter_batches(comm, PLANNER_RANK,
-                                       {r: batch_table(plan, b) for r, b in first.items()} if scheduler else None)
-                if roles.is_writer:
-                    assert scheduler is not None
-                    run_writer(comm, plan, scheduler, stats, progress, assembler, len(todo))
-                else:
-                    run_worker(plan, luts, table_to_items(mine), MpiFeed(comm),
-                               BlockSender(comm, WRITER_RANK), stats, counter, encode_tiles=True)
-                    if config.cog:
-                        encode_strips(comm, window_encoder(plan), stats)
+                assembler = open_output(comm, roles, plan)
+                todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
+                write_output(comm, roles, plan, luts, stats, counter, assembler, todo)
             if roles.is_writer and config.quicklook:
                 with stats.timer("write"):
                     preview = write_quicklook(config.output, config.quicklook, config.quicklook_size)
@@ -407,12 +477,7 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
             raise  # before anything was written (a resume that does not match: nothing touched)
         except BaseException as exc:
             remove_staging(plan.staging_directory)
-            if resumable(plan) and not isinstance(exc, InputError):  # bad input: resuming cannot help
-                if partial_run_exists(config.output):
-                    log.warning("the partial run is kept beside %s: rerun with --resume to finish it, or "
-                                "without --resume to start over", config.output)
-            else:
-                remove_partial(config.output)
+            keep_for_resume(plan, exc)
             raise
     ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
     if not roles.is_planner:
@@ -423,6 +488,9 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
     report["windows_reused"] = len(plan.windows) - len(todo)
     report["windows_computed"] = len(todo)
+    report["backend"] = config.backend
+    if hdf5:
+        report["hdf5"] = hdf5
     if config.quicklook:
         report["quicklook"] = {"path": config.quicklook, "size": list(preview)}
     if config.report:

@@ -116,9 +116,19 @@ class WorkRequests:
     def __init__(self, comm: MPI.Comm, dest: int):
         self.comm, self.dest = comm, dest
         self._asked: int | None = None  # staging units reported by the outstanding request
+        self._last_sent = 0
 
     def _send(self, tag: int, staged_done: int) -> None:
+        self._last_sent = staged_done
         self.comm.Send([np.array([staged_done], dtype=np.int64), MPI.INT64_T], dest=self.dest, tag=tag)
+
+    def report(self, staged_done: int) -> None:
+        """Tell rank 0 about staging units finished since the last message (before a collective call, so that
+        rank 0 never waits for a count this worker has not sent while it waits for the others)."""
+        if staged_done != self._last_sent:
+            self._send(PROGRESS_TAG, staged_done)
+            if self._asked is not None:
+                self._asked = staged_done
 
     def ask(self, staged_done: int) -> None:
         if self._asked is None:
