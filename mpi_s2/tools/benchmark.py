@@ -70,7 +70,11 @@ class Case:
 
 def _mpirun(ranks: int, cog: bool = False) -> list[str]:
     return [shutil.which("mpirun") or "mpirun", "--allow-run-as-root", "--oversubscribe", "-n", str(ranks),
-            sys.executable, "-m", "mpi_s2", "compose", *(["--cog"] if cog else [])]
+            sys.executable, "-m", "mpi_s2", "compose", *(["--cog"] if cog else []),
+            *(["--backend", "hdf5"] if _BACKEND["hdf5"] else [])]
+
+
+_BACKEND = {"hdf5": False}  # set per case by main()
 
 
 def _gdal_translate(vrt: str, out: str, low: int, options: list[str], cog: bool = False) -> list[str]:
@@ -209,13 +213,14 @@ def mosaic_case(directory: str, size: int, ranks: int, codec: str = "zstd", cog:
                 MOSAIC_SPEEDUP_TARGET, report, floor)
 
 
-DEFAULT_CASES = ("gtiff", "gtiff:deflate", "jp2:zstd", "jp2:deflate", "mosaic:zstd")
+DEFAULT_CASES = ("gtiff", "gtiff:deflate", "jp2:zstd", "jp2:deflate", "gtiff+hdf5", "jp2:zstd+hdf5",
+                 "mosaic:zstd")
 #: The output stage's saturation point wanted with JPEG 2000 input and DEFLATE output (issue 8).
 N_STAR_TARGET = 64
 
 
 def run_case(case: Case, repeat: int, env: dict[str, str]) -> dict:
-    gdal_runs, mpi_runs, rank_peaks, rank_seconds, imbalances, n_stars = [], [], [], [], [], []
+    gdal_runs, mpi_runs, rank_peaks, rank_seconds, imbalances, n_stars, hdf5_phases = [], [], [], [], [], [], []
     for i in range(repeat):
         gdal_runs.append(timed(case.gdal_cmd, env))
         mpi_runs.append(timed(case.mpi_cmd, env))
@@ -224,6 +229,8 @@ def run_case(case: Case, repeat: int, env: dict[str, str]) -> dict:
         with open(case.report) as fh:
             run_report = json.load(fh)
         imbalances.append(run_report["worker_busy_imbalance"])
+        if "hdf5" in run_report:
+            hdf5_phases.append((run_report["hdf5"]["write_phase_s"], run_report["hdf5"]["convert_s"]))
         n_stars.append((run_report.get("output_stage") or {}).get("n_star"))
         rank_peaks.append({r["rank"]: r["peak_rss_mb"] for r in ranks})
         rank_seconds.append({r["rank"]: r["seconds"] for r in ranks})
@@ -242,13 +249,16 @@ def run_case(case: Case, repeat: int, env: dict[str, str]) -> dict:
     }
     result["worker_busy_imbalance"] = statistics.median(imbalances) if imbalances[0] else None
     result["n_star"] = statistics.median(n_stars) if all(n_stars) else None
+    if hdf5_phases:
+        result["hdf5_write_phase_s"] = round(statistics.median(w for w, _ in hdf5_phases), 2)
+        result["hdf5_convert_s"] = round(statistics.median(c for _, c in hdf5_phases), 2)
     if case.floor_s:
         result["decode_floor_s"] = round(case.floor_s, 1)
         result["mpi_s2_over_floor"] = round(mpi_wall / case.floor_s, 3)
         result["floor_target"] = MOSAIC_FLOOR_TARGET if case.name.startswith("mosaic") else FLOOR_TARGET
     fast_enough = (result["mpi_s2_over_floor"] <= result["floor_target"] if case.floor_s
                    else result["speedup"] >= case.speedup_target)
-    if case.name == "jp2:deflate":
+    if case.name == "jp2:deflate":  # the output stage's target (issue 8)
         result["n_star_target"] = N_STAR_TARGET
         fast_enough = fast_enough and (result["n_star"] or 0) >= N_STAR_TARGET
     if case.name.startswith("mosaic"):
@@ -270,6 +280,9 @@ def print_result(r: dict) -> None:
               f"mpi_s2 at {r['mpi_s2_over_floor']:.2f}x the floor   (target <= {r['floor_target']}x); "
               f"gdal_translate at {r['gdal_translate_median_s'] / r['decode_floor_s']:.2f}x")
     print(f"  largest rank: {max(r['mpi_s2_rank_peak_rss_mb'].values()):.0f} MB   (target <= {PEAK_MB_TARGET} MB)")
+    if "hdf5_convert_s" in r:
+        print(f"  hdf5 backend: composing + collective writes {r['hdf5_write_phase_s']:.2f} s, conversion to "
+              f"GeoTIFF {r['hdf5_convert_s']:.2f} s (medians)")
     if r.get("n_star"):
         print(f"  output stage saturation N* (workers one writer can serve): {r['n_star']:.0f}"
               + (f"   (target >= {r['n_star_target']})" if r.get("n_star_target") else ""))
@@ -286,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=10980)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--case", default="all",
-                        help="comma-separated INPUT[:CODEC][+cog] (INPUT gtiff, jp2 or mosaic; CODEC zstd, deflate, "
-                             "lzw; default " + ",".join(DEFAULT_CASES) + ")")
+                        help="comma-separated INPUT[:CODEC][+cog][+hdf5] (INPUT gtiff, jp2 or mosaic; CODEC zstd, "
+                             "deflate, lzw; +hdf5: mpi_s2 --backend hdf5; default " + ",".join(DEFAULT_CASES) + ")")
     parser.add_argument("--ranks", type=int, help="override the rank count of the case(s)")
     parser.add_argument("--output-codec", choices=sorted(OUTPUT_CODECS),
                         help="output codec of cases that name none (default: zstd for the JPEG 2000 cases, none "
@@ -297,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     cases = {"gtiff": (gtiff_case, 2), "jp2": (jp2_case, 3), "mosaic": (mosaic_case, 3)}
     for spec in (DEFAULT_CASES if args.case == "all" else tuple(args.case.split(","))):
-        name, _, codec = spec.removesuffix("+cog").partition(":")
+        _BACKEND["hdf5"] = spec.endswith("+hdf5")
+        base = spec.removesuffix("+hdf5")
+        cog = base.endswith("+cog")
+        name, _, codec = base.removesuffix("+cog").partition(":")
         if name not in cases or (codec and codec not in OUTPUT_CODECS):
             parser.error(f"--case {spec}: expected INPUT[:CODEC][+cog] with INPUT in {', '.join(cases)} and "
                          f"CODEC in {', '.join(OUTPUT_CODECS)}")
@@ -305,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(directory, exist_ok=True)
         make, ranks = cases[name]
         codec = codec or args.output_codec or (None if name == "gtiff" else "zstd")
-        case = make(directory, args.size, args.ranks or ranks, codec, cog=spec.endswith("+cog"))
-        case.name = f"{name}:{codec or 'none'}" + ("+cog" if spec.endswith("+cog") else "")
+        if name == "gtiff" and codec:
+            ranks = 3  # workers encode: two of them, one per core, and the writer
+        case = make(directory, args.size, args.ranks or ranks, codec, cog=cog)
+        case.name = f"{name}:{codec or 'none'}" + ("+cog" if cog else "") + ("+hdf5" if _BACKEND["hdf5"] else "")
         results.append(run_case(case, args.repeat, env))
         print_result(results[-1])
     with open(os.path.join(args.dir, "bench.json"), "w") as fh:
