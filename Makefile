@@ -15,6 +15,7 @@ DEMO_SIZE := 4096
 BENCH_DIR := bench-data
 BENCH_SIZE := 10980
 BENCH_REPEAT := 3
+BENCH_CASES := all
 
 .PHONY: help system-deps venv demo test test-unit test-mpi test-fresh bench clean
 
@@ -76,7 +77,7 @@ test-fresh:
 	bash tests/fresh-debian.sh
 
 bench: venv
-	$(PY) -m mpi_s2.tools.benchmark --dir $(BENCH_DIR) --size $(BENCH_SIZE) --repeat $(BENCH_REPEAT)
+	$(PY) -m mpi_s2.tools.benchmark --dir $(BENCH_DIR) --size $(BENCH_SIZE) --repeat $(BENCH_REPEAT) --case $(BENCH_CASES)
 
 clean:
 	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache
