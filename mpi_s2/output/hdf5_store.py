@@ -104,20 +104,19 @@ def read_attrs(path: str) -> dict[str, Any]:
         raise OutputError(f"{path}: cannot read the HDF5 file: {exc}") from None
 
 
-def collective_write(h5py, dset, dxpl, window: Window | None, block: np.ndarray | None) -> None:
-    """One collective write: ``block`` (``(bands, rows, cols)``) at ``window``, or nothing (``None``)."""
+def collective_write(h5py, dset, dxpl, start: tuple[int, ...] | None, data: np.ndarray | None) -> None:
+    """One collective write of ``data`` at ``start`` in ``dset``, or of nothing (``None``): a rank with nothing
+    to write still takes part, which h5py's high-level ``dset[...] = ...`` would skip."""
     fspace = dset.id.get_space()
-    if window is None:
+    if data is None:
         fspace.select_none()
         mspace = h5py.h5s.create_simple((1,))
         mspace.select_none()
         data = np.zeros(1, dtype=np.uint8)
     else:
-        bands = dset.shape[0]
-        fspace.select_hyperslab((0, window.row_off, window.col_off), (bands, window.height, window.width))
-        mspace = h5py.h5s.create_simple((bands, window.height, window.width))
-        data = block
-    dset.id.write(mspace, fspace, data, dxpl=dxpl)
+        fspace.select_hyperslab(start, data.shape)
+        mspace = h5py.h5s.create_simple(data.shape)
+    dset.id.write(mspace, fspace, np.ascontiguousarray(data), dxpl=dxpl)
 
 
 class CollectiveWindowWriter:
@@ -162,7 +161,7 @@ class CollectiveWindowWriter:
         for k in range(count):
             if k < len(windows):
                 _, window, block = windows[k]
-                collective_write(self.h5py, self.rgb, self.dxpl, window, block)
+                collective_write(self.h5py, self.rgb, self.dxpl, (0, window.row_off, window.col_off), block)
             else:
                 collective_write(self.h5py, self.rgb, self.dxpl, None, None)
         self._unflushed += [index for index, _, _ in windows]
@@ -177,27 +176,15 @@ class CollectiveWindowWriter:
         if self.comm.rank == 0:
             for indices in written:
                 self.done[indices] = STATUS_WRITTEN
-            collective_write_status(self.h5py, self.status, self.dxpl, self.done)
+            collective_write(self.h5py, self.status, self.dxpl, (0,), self.done)
         else:
-            collective_write_status(self.h5py, self.status, self.dxpl, None)
+            collective_write(self.h5py, self.status, self.dxpl, None, None)
         self.file.flush()
         self._unflushed = []
         self._last_commit = time.monotonic()
 
     def close(self) -> None:
         self.file.close()
-
-
-def collective_write_status(h5py, dset, dxpl, values: np.ndarray | None) -> None:
-    fspace = dset.id.get_space()
-    if values is None:
-        fspace.select_none()
-        mspace = h5py.h5s.create_simple((1,))
-        mspace.select_none()
-        values = np.zeros(1, dtype=np.uint8)
-    else:
-        mspace = h5py.h5s.create_simple(values.shape)
-    dset.id.write(mspace, fspace, np.ascontiguousarray(values, dtype=np.uint8), dxpl=dxpl)
 
 
 class WindowReader:

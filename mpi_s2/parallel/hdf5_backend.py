@@ -19,17 +19,13 @@ from mpi4py import MPI
 
 from mpi_s2 import faults
 from mpi_s2.errors import MpiS2Error, OutputError
-from mpi_s2.inputs.cloudmask import invalid_class_lut
 from mpi_s2.inputs.decoding import DecodeCounter
-from mpi_s2.inputs.stager import Stager
 from mpi_s2.output.hdf5_store import CollectiveWindowWriter, create_store, h5_path, read_attrs
 from mpi_s2.parallel.roles import PLANNER_RANK, Roles
-from mpi_s2.parallel.runtime import CollectiveFailure
-from mpi_s2.pixels.render import WindowRenderer
+from mpi_s2.parallel.runtime import fail_together
+from mpi_s2.parallel.work_items import ItemWorker
 from mpi_s2.planning.fingerprint import describe_mismatch
 from mpi_s2.planning.plan import Plan
-from mpi_s2.planning.scheduling import KIND_STAGE
-from mpi_s2.planning.stage_plan import StageUnit
 from mpi_s2.planning.windows import Window
 from mpi_s2.report import RankStats
 
@@ -80,9 +76,7 @@ def prepare_store(comm: MPI.Comm, roles: Roles, plan: Plan) -> set[int]:
                              attrs=store_attributes(plan))
         except MpiS2Error as exc:
             error = exc
-    error = comm.bcast(error, root=PLANNER_RANK) if comm.size > 1 else error
-    if error is not None:
-        raise CollectiveFailure(error)
+    fail_together(comm, error, PLANNER_RANK)
     return done
 
 
@@ -99,18 +93,10 @@ def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, luts: np.ndarray, first, feed, 
     bands = plan.config.band_count
     max_pixels = plan.window_size[0] * plan.window_size[1]
     buffers = [np.empty(bands * max_pixels, dtype=np.uint8) for _ in range(ROUND_WINDOWS)]
-    renderer: WindowRenderer | None = None
-    stager: Stager | None = None
+    work = ItemWorker(plan, luts, stats, counter)
     queue = deque(first)
     exhausted = False
     written = 0
-
-    def staged_done() -> int:
-        if stager is not None:
-            with stats.timer("write"):
-                stager.close()
-        return stats.stage_units
-
     writer = CollectiveWindowWriter(wcomm, h5_path(plan.config.output), len(plan.windows))
     # no try/finally: closing the file is collective, and a rank that failed must not wait in it for the others
     # (the job is aborted; what the status marks written is on disk)
@@ -119,33 +105,21 @@ def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, luts: np.ndarray, first, feed, 
         while len(pending) < ROUND_WINDOWS and not exhausted:
             if not queue:
                 with stats.timer("wait"):
-                    batch = feed.next(staged_done())
+                    batch = feed.next(work.staged_done())
                 if not batch:
                     exhausted = True
                     break
                 queue.extend(batch)
             item, what = queue.popleft()
             if not queue:
-                feed.ask(staged_done())
-            if item.kind == KIND_STAGE:
-                assert isinstance(what, StageUnit)
-                stager = stager or Stager(plan.staged, counter)
-                read_s, write_s = stager.stage(what)
-                stats.seconds["read"] += read_s
-                stats.seconds["write"] += write_s
-                stats.stage_units += 1
+                feed.ask(work.staged_done())
+            if work.take(item.kind, what) is None:
                 continue
             assert isinstance(what, Window)
-            if renderer is None:
-                mask_lut = invalid_class_lut(plan.config.mask_classes) if plan.config.cloud_mask else None
-                renderer = WindowRenderer(plan.sources, luts, alpha=plan.config.alpha, mask_lut=mask_lut,
-                                          max_pixels=max_pixels, counter=counter)
             block = buffers[len(pending)][: bands * what.size].reshape(bands, *what.shape)
-            renderer.render(what, block, stats)
+            work.fill(what, block)
             pending.append((item.index, what, block))
-            stats.windows += 1
-            stats.pixels += what.size
-        feed.report(staged_done())
+        feed.report(work.staged_done())
         with stats.timer("write"):
             more = writer.write_round(pending)
         for _ in pending:

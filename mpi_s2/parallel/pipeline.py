@@ -26,9 +26,7 @@ from mpi4py import MPI
 from mpi_s2 import faults
 from mpi_s2.config import ComposeConfig
 from mpi_s2.errors import InputError, MpiS2Error, OutputError
-from mpi_s2.inputs.cloudmask import invalid_class_lut
 from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
-from mpi_s2.inputs.stager import Stager
 from mpi_s2.output.hdf5_store import h5_path
 from mpi_s2.output.quicklook import write_quicklook
 from mpi_s2.output.tiff_assembly import TiffAssembler
@@ -38,14 +36,14 @@ from mpi_s2.output.writer import GeoTiffWriter, partial_run_exists, remove_parti
 from mpi_s2.parallel.coarse_levels import encode_strips, encode_strips_here, serve_strips
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
-from mpi_s2.parallel.runtime import CollectiveFailure
+from mpi_s2.parallel.runtime import CollectiveFailure, fail_together
+from mpi_s2.parallel.work_items import ItemWorker, WindowSource
 from mpi_s2.parallel.transport import (BLOCK_TAG, HEADER_BYTES, PROGRESS_TAG, REQUEST_TAG, SLOTS, BlockReceiver,
                                        BlockSender, WorkRequests, message_buffer, pack_block, receive_count, tile_message,
                                        BatchSender, scatter_batches, wait_for_message)
 from mpi_s2.pixels.radiometry import LUT_SIZE
-from mpi_s2.pixels.render import WindowRenderer
 from mpi_s2.planning.plan import Plan, make_plan, plan_luts
-from mpi_s2.planning.scheduling import KIND_STAGE, Scheduler, WorkItem, items_to_table, table_to_items
+from mpi_s2.planning.scheduling import Scheduler, WorkItem, items_to_table, table_to_items
 from mpi_s2.planning.stage_plan import StageUnit, remove_staging
 from mpi_s2.planning.windows import Window
 from mpi_s2.progress import Progress
@@ -147,12 +145,6 @@ class WorkFeed(Protocol):
     def next(self, staged_done: int) -> Batch: ...
 
 
-class WindowSource(Protocol):
-    """What fills a window's block: the inputs composed (WindowRenderer), or an HDF5 file read back."""
-
-    def render(self, window: Window, block: np.ndarray, stats: RankStats) -> None: ...
-
-
 class MpiFeed:
     """Batches from rank 0, asked for ahead (see :class:`~mpi_s2.parallel.transport.WorkRequests`)."""
 
@@ -189,7 +181,7 @@ class LocalFeed:
 
 def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink: BlockSink,
                stats: RankStats, counter: DecodeCounter, encode_tiles: bool = False,
-               renderer: "WindowSource | None" = None) -> None:
+               renderer: WindowSource | None = None) -> None:
     """Do batches of work until told to stop: stage units are decoded and copied, windows rendered and sent.
 
     The next batch is asked for as the last item of the current one starts; staging units are reported done
@@ -197,41 +189,25 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
     """
     bands_out = plan.config.band_count
     max_pixels = plan.window_size[0] * plan.window_size[1]
-    stager: Stager | None = None
     buffers = [message_buffer(bands_out, max_pixels) for _ in range(SLOTS)]
     messages: list[np.ndarray | None] = [None] * SLOTS  # encoded tiles in flight
     encoder = window_encoder(plan) if encode_tiles and plan.writer_encodes_because is None else None
+    work = ItemWorker(plan, luts, stats, counter, renderer)
     sent = 0
     batch = first
-
-    def staged_done() -> int:
-        if stager is not None:
-            with stats.timer("write"):
-                stager.close()  # what is reported done must be visible to every rank
-        return stats.stage_units
 
     while True:
         for k, (item, what) in enumerate(batch):
             if k == len(batch) - 1:
-                feed.ask(staged_done())
-            if item.kind == KIND_STAGE:
-                assert isinstance(what, StageUnit)
-                stager = stager or Stager(plan.staged, counter)
-                read_s, write_s = stager.stage(what)
-                stats.seconds["read"] += read_s
-                stats.seconds["write"] += write_s
-                stats.stage_units += 1
+                feed.ask(work.staged_done())
+            if work.take(item.kind, what) is None:
                 continue
             assert isinstance(what, Window)
-            if renderer is None:
-                mask_lut = invalid_class_lut(plan.config.mask_classes) if plan.config.cloud_mask else None
-                renderer = WindowRenderer(plan.sources, luts, alpha=plan.config.alpha, mask_lut=mask_lut,
-                                          max_pixels=max_pixels, counter=counter)
             slot = sent % SLOTS
             with stats.timer("wait"):
                 sink.acquire(slot)
             block = pack_block(buffers[slot], item.index, bands_out, what.shape)
-            renderer.render(what, block, stats)
+            work.fill(what, block)
             if encoder is not None:
                 with stats.timer("encode"):
                     messages[slot] = tile_message(item.index, encoder.encode(what, block))
@@ -239,10 +215,8 @@ def run_worker(plan: Plan, luts: np.ndarray, first: Batch, feed: WorkFeed, sink:
             else:
                 sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
             sent += 1
-            stats.windows += 1
             faults.window_done(stats.rank, sent)
-            stats.pixels += what.size
-        done = staged_done()
+        done = work.staged_done()
         with stats.timer("wait"):
             batch = feed.next(done)
         if not batch:
@@ -314,9 +288,7 @@ def open_output(comm: MPI.Comm, roles: Roles, plan: Plan) -> TiffAssembler | Non
                                   f"the {plan.writer_encodes_because}")
         except MpiS2Error as exc:
             error = exc
-    error = comm.bcast(error, root=WRITER_RANK) if comm.size > 1 else error
-    if error is not None:
-        raise CollectiveFailure(error)
+    fail_together(comm, error, WRITER_RANK)
     return assembler
 
 

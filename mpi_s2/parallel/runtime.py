@@ -24,6 +24,14 @@ class CollectiveFailure(Exception):
         self.error = error
 
 
+def fail_together(comm, error: MpiS2Error | None, root: int = 0) -> None:
+    """Broadcast ``root``'s outcome of a step only it did; on an error, every rank raises :class:`CollectiveFailure`
+    (the job ends cleanly with one message, without an abort)."""
+    error = comm.bcast(error, root=root) if comm.size > 1 else error
+    if error is not None:
+        raise CollectiveFailure(error)
+
+
 def launcher_rank() -> int:
     """This process's rank as the launcher announced it (before MPI starts); 0 when not launched by one."""
     for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
