@@ -39,12 +39,23 @@ def run_mpi_s2(args: list[str], ranks: int | None = None, timeout: float = 180,
                           timeout=timeout, env={**clean_env(), **(env or {})})
 
 
-def _children(pid: int) -> list[int]:
+def _live_children(pid: int) -> list[int]:
+    """Child processes of ``pid`` that still run (a zombie a hung mpirun no longer reaps does not count)."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(c) for c in fh.read().split()]
+            children = [int(c) for c in fh.read().split()]
     except OSError:
         return []
+    live = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            live.append(child)
+    return live
 
 
 def run_mpi_s2_to_death(args: list[str], ranks: int, env: dict[str, str] | None = None, timeout: float = 60,
@@ -66,7 +77,7 @@ def run_mpi_s2_to_death(args: list[str], ranks: int, env: dict[str, str] | None 
                 proc.kill()
                 proc.wait()
                 raise subprocess.TimeoutExpired(proc.args, timeout)
-            if _children(proc.pid):
+            if _live_children(proc.pid):
                 ranks_gone = None
             elif ranks_gone is None:
                 ranks_gone = now
