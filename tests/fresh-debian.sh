@@ -8,7 +8,8 @@
 #   2. as root, in another fresh copy, on a clean clone of HEAD with ../shared beside it: `make demo`, then
 #      `make test`.
 # Each step prints its exit code and duration; a failure shows the tail of its log and fails the target.
-# Mounts are always removed, on success, failure or interruption. The Debian mirror is the one this machine's
+# Mounts are always removed, on success, failure or interruption; those of an earlier run killed before its own
+# cleanup are removed before the first step. The Debian mirror is the one this machine's
 # own apt sources name. Only downloads are cached between runs (.deb archives, pip's cache): every package is
 # installed afresh in every run.
 set -euo pipefail
@@ -53,16 +54,29 @@ unmount_all() {
   done
   MOUNTS=()
 }
-cleanup() {
-  local rc=$?
-  # processes left in the root (an MPI daemon, a munged) would keep its mounts busy
+# Everything under RUN_DIR goes: processes left in the root (an MPI daemon, a munged) that would keep its
+# mounts busy, then every mount below it (deepest first), including those of an earlier run that was killed
+# before its own cleanup could run, then the files.
+clear_run_dir() {
+  local p m
   if [ -d "$RUN_DIR/root" ]; then
     for p in /proc/[0-9]*; do
-      [ "$(readlink "$p/root" 2>/dev/null)" = "$RUN_DIR/root" ] && kill -KILL "${p#/proc/}" 2>/dev/null || true
+      case "$(readlink "$p/root" 2>/dev/null)" in
+        "$RUN_DIR"/*) kill -KILL "${p#/proc/}" 2>/dev/null || true ;;
+      esac
     done
   fi
   unmount_all
+  awk -v dir="$RUN_DIR/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r \
+    | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+  if awk -v dir="$RUN_DIR/" 'index($5, dir) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
+    die "$RUN_DIR: mounts remain that could not be removed (see findmnt -R $RUN_DIR/root)"
+  fi
   rm -rf "$RUN_DIR"
+}
+cleanup() {
+  local rc=$?
+  clear_run_dir
   exit $rc
 }
 trap cleanup EXIT
@@ -95,8 +109,7 @@ build_base() {
 # --- one throw-away root: overlay of the base, host network trust, caches -----------------------------------
 ROOT=$RUN_DIR/root
 new_root() {
-  unmount_all
-  rm -rf "$RUN_DIR"
+  clear_run_dir
   mkdir -p "$RUN_DIR/upper" "$RUN_DIR/work" "$FRESH_DIR/cache/apt" "$FRESH_DIR/cache/pip" "$LOGS"
   mnt "$ROOT" -t overlay overlay -o "lowerdir=$BASE,upperdir=$RUN_DIR/upper,workdir=$RUN_DIR/work"
   mnt "$ROOT/proc" -t proc proc
