@@ -6,7 +6,9 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 DEBIAN_PACKAGES := gdal-bin python3-gdal python3-mpi4py python3-h5py-mpi openmpi-bin python3-numpy python3-venv \
-  python3-wheel python3-tifffile
+  python3-wheel python3-tifffile python3-matplotlib
+# The test suite also starts a local Slurm cluster (jobs/local-cluster.sh): needed by `make test` only.
+CLUSTER_PACKAGES := slurm-wlm munge iproute2
 # root needs --allow-run-as-root; more ranks than cores needs --oversubscribe (this machine has 2 cores)
 MPIRUN := mpirun --allow-run-as-root --oversubscribe
 MPI_TEST_TIMEOUT := 900
@@ -16,21 +18,38 @@ BENCH_DIR := bench-data
 BENCH_SIZE := 10980
 BENCH_REPEAT := 3
 BENCH_CASES := all
+# Scaling studies: rank counts, repetitions and input (defaults: a few minutes on 2 cores). SCHEDULER=slurm
+# submits jobs/scaling-*.sbatch with sbatch --wait instead of running mpirun here (SBATCH_OPTIONS: e.g. -N 2).
+SCALING_DIR := scaling
+SCALING_RANKS := 1,2,3,4
+SCALING_REPEAT := 1
+SCALING_SIZE := 2048
+SCALING_INPUT := jp2
+SCALING_WINDOW := 512
+SCALING_BACKEND := writer
+SCHEDULER := local
+SBATCH_OPTIONS :=
+SCALING_ARGS = --ranks $(SCALING_RANKS) --dir $(SCALING_DIR) --size $(SCALING_SIZE) --repeat $(SCALING_REPEAT) \
+  --input $(SCALING_INPUT) --window $(SCALING_WINDOW) --backend $(SCALING_BACKEND)
+SCALING_MAX_RANKS = $(shell echo $(SCALING_RANKS) | tr ',' '\n' | sort -n | tail -n 1)
 
-.PHONY: help system-deps venv demo test test-unit test-mpi test-fresh bench clean
+.PHONY: help system-deps venv demo test test-unit test-mpi test-fresh bench scaling-strong scaling-weak \
+  scaling-report clean
 
 help:
 	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
 	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
 	@echo "make test-fresh - as root: make demo and make test on a fresh Debian 12 root (debootstrap, chroot)"
 	@echo "make bench   - full-size GeoTIFF tile, JPEG 2000 product and 2 x 2 JPEG 2000 mosaic: gdal_translate vs mpi_s2"
+	@echo "make scaling-strong / scaling-weak / scaling-report - scaling studies (CSV, plot, Markdown; SCHEDULER=slurm)"
 
 # The Debian stack (GDAL, Open MPI, mpi4py, parallel h5py; wheel for pip's editable install) is installed when
 # missing, as root. Without root, the goals that need it stop at once with one line: the command to run as root.
-SYSTEM_GOALS := demo test test-unit test-mpi venv bench system-deps
+SYSTEM_GOALS := demo test test-unit test-mpi venv bench system-deps scaling-strong scaling-weak scaling-report
 ifneq ($(filter $(SYSTEM_GOALS),$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
 ifneq ($(shell command -v dpkg-query),)
-MISSING_PACKAGES := $(shell for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done)
+NEEDED_PACKAGES := $(DEBIAN_PACKAGES) $(if $(filter test test-unit,$(MAKECMDGOALS)),$(CLUSTER_PACKAGES))
+MISSING_PACKAGES := $(shell for p in $(NEEDED_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done)
 ifneq ($(MISSING_PACKAGES),)
 ifneq ($(shell id -u),0)
 $(error missing Debian packages; as root run: apt-get update && apt-get install -y --no-install-recommends $(MISSING_PACKAGES))
@@ -79,5 +98,17 @@ test-fresh:
 bench: venv
 	$(PY) -m mpi_s2.tools.benchmark --dir $(BENCH_DIR) --size $(BENCH_SIZE) --repeat $(BENCH_REPEAT) --case $(BENCH_CASES)
 
+scaling-strong scaling-weak: scaling-%: venv
+ifeq ($(SCHEDULER),slurm)
+	sbatch --wait --ntasks=$(SCALING_MAX_RANKS) $(SBATCH_OPTIONS) jobs/scaling-$*.sbatch $(SCALING_ARGS)
+else ifeq ($(SCHEDULER),local)
+	$(PY) -m mpi_s2.scaling run $* $(SCALING_ARGS)
+else
+	$(error SCHEDULER must be local or slurm, not '$(SCHEDULER)')
+endif
+
+scaling-report: venv
+	$(PY) -m mpi_s2.scaling report $(SCALING_DIR)
+
 clean:
-	rm -rf $(DEMO_DIR) $(BENCH_DIR) .pytest_cache
+	rm -rf $(DEMO_DIR) $(BENCH_DIR) $(SCALING_DIR) .pytest_cache

@@ -28,12 +28,42 @@ def config_options(options: Mapping[str, str]) -> Iterator[None]:
             gdal.SetConfigOption(key, value)
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which Slurm and mpirun bindings restrict)."""
+def affinity() -> list[int]:
+    """The cores this process may run on (its CPU affinity, which Slurm and mpirun bindings restrict)."""
     try:
-        return len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def explicit_threads(environ: Mapping[str, str] = os.environ) -> int | None:
+    """``GDAL_NUM_THREADS`` set by the user (a number, or ALL_CPUS): that choice wins over the computed one."""
+    value = environ.get("GDAL_NUM_THREADS", "").strip().upper()
+    if value == "ALL_CPUS":
         return os.cpu_count() or 1
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def slurm_cpus_per_task(environ: Mapping[str, str] = os.environ) -> int | None:
+    """Slurm's ``--cpus-per-task`` for this task, when a Slurm step launched it."""
+    value = environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def node_threads(affinities: list[list[int]], workers_here: int, slurm_cpus: list[int | None],
+                 own_cores: int | None = None) -> int:
+    """Decoder threads per worker on one node: the node's usable cores shared among its workers, and no more
+    than this rank's own affinity (``own_cores``: threads beyond the cores a rank is bound to only queue).
+
+    Usable cores: the union of the ranks' affinities (bound ranks each see only their own cores; unbound ones
+    all of the node's), capped by Slurm's allocation (the sum of ``--cpus-per-task`` of the node's tasks) when
+    every rank has one: without task binding a job may see cores that belong to other jobs.
+    """
+    cores = len(set().union(*map(set, affinities))) if affinities else 1
+    if slurm_cpus and all(c is not None for c in slurm_cpus):
+        cores = min(cores, sum(slurm_cpus))  # type: ignore[arg-type]
+    share = cores // max(1, workers_here)
+    return max(1, min(share, own_cores) if own_cores else share)
 
 
 def decoder_threads(comm, roles) -> tuple[int, int]:
@@ -41,18 +71,20 @@ def decoder_threads(comm, roles) -> tuple[int, int]:
     and the number of nodes the job spans.
 
     Counted per node (ranks sharing memory): the writer decodes nothing, so with one worker and the writer on
-    2 cores the worker gets 2 threads; with two workers, 1 each.
+    2 cores the worker gets 2 threads; with two workers, 1 each. An explicit ``GDAL_NUM_THREADS`` wins.
     """
     from mpi4py import MPI
 
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
         workers_here = node.allreduce(1 if roles.is_worker else 0)
-        cores = node.allreduce(available_cores(), op=MPI.MAX)
+        affinities = node.allgather(affinity())
+        slurm_cpus = node.allgather(slurm_cpus_per_task())
         nodes = comm.allreduce(1 if node.rank == 0 else 0)
     finally:
         node.Free()
-    return max(1, cores // max(1, workers_here)), nodes
+    threads = explicit_threads() or node_threads(affinities, workers_here, slurm_cpus, len(affinity()))
+    return threads, nodes
 
 
 def rank_options(decoder_threads: int = 1, cache_mb: int = DEFAULT_CACHE_MB) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Scaling studies (strong, weak), their CSV, plot and report, and a projection to cluster scale."""
