@@ -1,0 +1,156 @@
+"""Every job script in jobs/ submitted with sbatch to a real Slurm the tests start (jobs/local-cluster.sh): one node,
+then two emulated nodes (network namespaces), so that ranks really span hosts and talk TCP.
+
+Needs root (slurmd, namespaces) and Debian's slurm-wlm, munge and iproute2, which `make test` installs. Without
+them these tests are skipped, except under CI (CI=true), where a skip would hide a missing install step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import clean_env, read_array
+from osgeo import gdal
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_CLUSTER = REPO / "jobs" / "local-cluster.sh"
+COMMANDS = ("slurmctld", "slurmd", "sbatch", "munged", "ip", "nsenter", "unshare")
+JOB_TIMEOUT = 300
+
+
+def missing_requirement() -> str | None:
+    if os.geteuid() != 0:
+        return "a local Slurm cluster needs root (slurmd, network namespaces)"
+    missing = [c for c in COMMANDS if not shutil.which(c, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")]
+    if missing:
+        return f"missing {', '.join(missing)}: apt-get install slurm-wlm munge iproute2 (make test does)"
+    return None
+
+
+@dataclass
+class Cluster:
+    nodes: int
+    state: Path
+    env: dict[str, str]
+
+    @property
+    def layout(self) -> list[str]:
+        """sbatch options for the test jobs: 3 tasks on one node, or 2 on each of two nodes."""
+        return ["-N", "1", "-n", "3"] if self.nodes == 1 else ["-N", "2", "--ntasks-per-node=2"]
+
+    @property
+    def tasks(self) -> int:
+        return 3 if self.nodes == 1 else 4
+
+    @property
+    def hosts(self) -> list[str]:
+        return [f"node{k}" for k in range(1, self.nodes + 1)]
+
+    def run(self, *command: str, cwd: Path | str = REPO, timeout: float = JOB_TIMEOUT,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(LOCAL_CLUSTER), "run", *command], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, env={**self.env, **(env or {})})
+
+    def sbatch(self, script: str, *args: str, cwd: Path, options: list[str] | None = None,
+               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, str, str]:
+        """Submit ``jobs/SCRIPT ARGS`` with --wait; return the sbatch result, the job's log and its JobState."""
+        log = cwd / f"{Path(script).stem}-%j.out"
+        proc = self.run("sbatch", "--wait", "--parsable", "-o", str(log), *(options or self.layout),
+                        str(REPO / "jobs" / script), *args, cwd=cwd, env=env)
+        job_id = proc.stdout.strip().split(";")[0].splitlines()[0] if proc.stdout.strip() else ""
+        assert job_id.isdigit(), f"sbatch printed no job id: {proc.stdout!r} {proc.stderr!r}"
+        text = Path(str(log).replace("%j", job_id)).read_text()
+        return proc, text, self.job_state(job_id)
+
+    def job_state(self, job_id: str) -> str:
+        """The job's final state from the jobcomp file (Slurm's record without a database)."""
+        for line in (self.state / "jobcomp.txt").read_text().splitlines():
+            if re.search(rf"\bJobId={job_id}\b", line):
+                return re.search(r"\bJobState=(\S+)", line).group(1)
+        raise AssertionError(f"job {job_id} not in {self.state / 'jobcomp.txt'}")
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-node", "two-nodes"])
+def cluster(request, tmp_path_factory):
+    reason = missing_requirement()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Slurm tests: {reason}")
+        pytest.skip(reason)
+    nodes = request.param
+    state = tmp_path_factory.mktemp(f"slurm-{nodes}")
+    env = {**clean_env(), "MPI_S2_CLUSTER_DIR": str(state / "cluster")}
+    up = subprocess.run([str(LOCAL_CLUSTER), "up", "--nodes", str(nodes)], capture_output=True, text=True,
+                        timeout=120, env=env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        yield Cluster(nodes, state / "cluster", env)
+    finally:
+        down = subprocess.run([str(LOCAL_CLUSTER), "down"], capture_output=True, text=True, timeout=120, env=env)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not (state / "cluster").exists()
+
+
+def check_composite(output: Path, report_path: Path, scene, reference, valid, cluster: Cluster) -> None:
+    rgba = read_array(output)
+    assert (rgba[:3][:, valid] == reference[:, valid]).all() and (rgba[3] == np.where(valid, 255, 0)).all()
+    ds, src = gdal.Open(str(output)), gdal.Open(scene["red"])
+    assert ds.GetGeoTransform() == src.GetGeoTransform() and ds.GetSpatialRef().IsSame(src.GetSpatialRef())
+    report = json.loads(report_path.read_text())
+    assert report["mpi_ranks"] == cluster.tasks and len(report["ranks"]) == cluster.tasks
+    assert report["hosts"] == cluster.hosts  # on two nodes: ranks on both hosts, in one communicator
+    assert sorted(r["rank"] for r in report["ranks"]) == list(range(cluster.tasks))
+
+
+def band_args(scene) -> list[str]:
+    return ["--red", scene["red"], "--green", scene["green"], "--blue", scene["blue"]]
+
+
+@pytest.mark.parametrize("script", ["compose.sbatch", "compose-mpirun.sbatch"])
+def test_compose_job(cluster, script, scene, reference, valid, tmp_path):
+    output, report = tmp_path / "rgb.tif", tmp_path / "run.json"
+    proc, log, state = cluster.sbatch(script, *band_args(scene), "-o", str(output), "--report", str(report), "-q",
+                                      "--window", "512", cwd=tmp_path)
+    assert proc.returncode == 0 and state == "COMPLETED", log + proc.stderr
+    assert f"{cluster.tasks} task(s) on {cluster.nodes} node(s)" in log
+    check_composite(output, report, scene, reference, valid, cluster)
+
+
+def test_failing_compose_job_ends_failed_with_the_error_in_its_log(cluster, scene, tmp_path):
+    missing = tmp_path / "B04-missing.tif"
+    proc, log, state = cluster.sbatch("compose.sbatch", "--red", str(missing), "--green", scene["green"],
+                                      "--blue", scene["blue"], "-o", str(tmp_path / "rgb.tif"), cwd=tmp_path)
+    assert proc.returncode != 0 and state == "FAILED"
+    assert re.search(rf"mpi_s2: error.*{re.escape(str(missing))}", log), log
+    assert [p.suffix for p in tmp_path.iterdir()] == [".out"]  # the job's log, no output, no debris
+
+
+def test_scaling_jobs(cluster, tmp_path):
+    """scaling-strong through make (SCHEDULER=slurm submits it), scaling-weak with sbatch directly."""
+    study = tmp_path / "scaling"
+    ranks = f"1,{cluster.tasks}"
+    layout = " ".join(cluster.layout[:2] + (["--ntasks-per-node=2"] if cluster.nodes == 2 else []))
+    made = cluster.run("make", "--no-print-directory", "scaling-strong", "SCHEDULER=slurm", f"SCALING_DIR={study}",
+                       f"SCALING_RANKS={ranks}", "SCALING_SIZE=512", "SCALING_WINDOW=256", "SCALING_INPUT=gtiff",
+                       f"SBATCH_OPTIONS={layout} -o {tmp_path}/strong-%j.out")
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    proc, log, state = cluster.sbatch("scaling-weak.sbatch", "--ranks", ranks, "--dir", str(study), "--size", "256",
+                                      "--window", "256", "--input", "gtiff", cwd=tmp_path)
+    assert proc.returncode == 0 and state == "COMPLETED", log
+    for kind, windows in (("strong", [4, 4]), ("weak", [1, cluster.tasks])):
+        with open(study / f"{kind}.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [int(r["ranks"]) for r in rows] == [1, cluster.tasks]
+        assert [int(r["windows"]) for r in rows] == windows
+        assert rows[0]["nodes"] == "1" and rows[1]["nodes"] == str(cluster.nodes)
+        assert all(float(r["wall_s"]) > 0 for r in rows) and rows[0]["speedup"] == "1.0"
+        assert gdal.Open(str(study / f"{kind}.png")).RasterXSize == 1200
