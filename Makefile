@@ -84,7 +84,7 @@ demo: venv
 test: venv test-mpi test-unit
 
 test-unit:
-	$(PY) -m pytest --color=no -m "not mpi" tests
+	$(PY) -m pytest --color=no --durations=15 -m "not mpi" tests
 
 test-mpi:
 	for n in 2 3; do \

@@ -67,8 +67,16 @@ def plot(rows: list[dict[str, str]], path: str, cluster: Cluster = DEFAULT_CLUST
         ax_e.plot(proj["ranks"], eff, linestyle=styles[k % len(styles)], linewidth=1.5,
                   label=f"projection: {label}")
     label = f"measured ({rows[0]['backend']} backend, {rows[0]['input']}, {max(int(r['nodes']) for r in rows)} node(s))"
-    ax_s.plot(ranks, speedup, "o", color="black", markersize=6, label=label, zorder=5)
-    ax_e.plot(ranks, efficiency, "o", color="black", markersize=6, label=label, zorder=5)
+    # open markers: more workers than cores on a node (oversubscribed: they share cores, the model's costs do not)
+    crowded = [int(r["workers"]) > int(r["nodes"]) * int(r["cores_per_node"]) for r in rows]
+    for ax, values in ((ax_s, speedup), (ax_e, efficiency)):
+        fits = [(n, v) for n, v, c in zip(ranks, values, crowded) if not c]
+        over = [(n, v) for n, v, c in zip(ranks, values, crowded) if c]
+        if fits:
+            ax.plot(*zip(*fits), "o", color="black", markersize=6, label=label, zorder=5)
+        if over:
+            ax.plot(*zip(*over), "o", color="black", markerfacecolor="white", markersize=6, zorder=5,
+                    label="measured, more workers than cores")
     ax_s.set(xscale="log", yscale="log", xlabel="MPI ranks", ylabel="scaled speed-up" if kind == "weak" else
              "speed-up over 1 rank", xlim=(1, limit), ylim=(0.5, limit))
     ax_e.set(xscale="log", xlabel="MPI ranks", ylabel="parallel efficiency", xlim=(1, limit), ylim=(0, 1.2))
