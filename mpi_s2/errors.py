@@ -36,3 +36,12 @@ class LaunchError(MpiS2Error, RuntimeError):
     """The MPI job was launched in a way that cannot work (e.g. srun without PMIx)."""
 
     exit_code = 2
+
+
+class Stopped(MpiS2Error):
+    """A signal ended the run (a time limit, scancel, Ctrl-C): exit code 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -2,13 +2,15 @@
 
 ``MPI_S2_TEST_FAULT=RANK:K:fail`` raises an error on rank RANK after its K-th window; ``RANK:K:kill`` sends
 it SIGKILL (after half a second, so that what it sent has arrived and been journaled, as a real crash of a
-busy rank would find it). Unset, :func:`window_done` costs one dictionary lookup.
+busy rank would find it); ``RANK:K:stall`` says so on stderr and sleeps, so that a test can signal a job
+caught in the middle. Unset, :func:`window_done` costs one dictionary lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 from mpi_s2.errors import MpiS2Error
@@ -23,6 +25,10 @@ def window_done(rank: int, count: int) -> None:
     target, after, action = _SPEC.split(":")
     if int(target) != rank or count != int(after):
         return
+    if action == "stall":
+        sys.stderr.write(f"mpi_s2: test fault: rank {rank} stalls after {count} windows\n")
+        sys.stderr.flush()
+        time.sleep(600)
     if action == "kill":
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)

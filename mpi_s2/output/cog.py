@@ -32,7 +32,10 @@ class CoarseLevels:
                     raise OutputError(f"{path}: not the size the partial run's overview levels need")
             except OSError as exc:
                 raise OutputError(f"{path}: cannot reopen the partial run's overview levels: {exc.strerror}") from None
-        self._store = np.memmap(path, dtype=np.uint8, mode="w+" if create else "r+", shape=(total,))
+        if create:  # reserve the space now: a page of a sparse mapping that finds the disk full is a SIGBUS
+            with open(path, "wb") as fh:
+                os.posix_fallocate(fh.fileno(), 0, max(1, total))
+        self._store = np.memmap(path, dtype=np.uint8, mode="r+", shape=(total,))
         self._rasters: dict[int, np.ndarray] = {}
         start = 0
         for level in levels:

@@ -186,6 +186,15 @@ class CollectiveWindowWriter:
     def close(self) -> None:
         self.file.close()
 
+    def close_quietly(self) -> None:
+        """After a failed write, alone in the file: drop every handle so that nothing complains at exit."""
+        for name in ("rgb", "status", "dxpl"):
+            setattr(self, name, None)
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001 - the failure being reported is the write's, not this one
+            pass
+
 
 class WindowReader:
     """Conversion: a rank reads windows of the file (independent reads, no MPI driver needed)."""

@@ -15,6 +15,7 @@ import numpy as np
 from osgeo import gdal
 
 from mpi_s2 import __version__
+from mpi_s2.output.free_space import full_disk_error
 from mpi_s2.errors import OutputError
 from mpi_s2.output.profiles import as_gdal_list
 from mpi_s2.inputs.bands import Grid
@@ -75,7 +76,7 @@ def validate_creation_options(output: str, options: Mapping[str, str], band_coun
 
 #: Scratch files beside the temporary output: a COG's tiles and coarse levels, the journal of a resumable run
 #: (see mpi_s2.output.tiff_assembly).
-SPOOL_KINDS = ("tiles", "levels", "journal")
+SPOOL_KINDS = ("tiles", "levels", "journal", "kept")  # kept: the note that a failed run was kept was printed
 
 
 def spool_path(output: str, kind: str) -> str:
@@ -89,9 +90,10 @@ def partial_run_exists(output: str) -> bool:
     return os.path.exists(spool_path(output, "journal"))
 
 
-def remove_partial(output: str) -> None:
-    """Best-effort removal of the temporary file of ``output`` and its scratch files (used when a run fails)."""
-    for path in (partial_path(output), *(spool_path(output, kind) for kind in SPOOL_KINDS)):
+def remove_partial(output: str, keep: tuple[str, ...] = ()) -> None:
+    """Best-effort removal of the temporary file of ``output`` and its scratch files (used when a run fails),
+    but for the spool kinds in ``keep``."""
+    for path in (partial_path(output), *(spool_path(output, kind) for kind in SPOOL_KINDS if kind not in keep)):
         try:
             os.unlink(path)
         except OSError:
@@ -140,24 +142,55 @@ class GeoTiffWriter:
 
     def write(self, window: Window, block: np.ndarray) -> None:
         """Write ``block`` (``(band_count, rows, cols)`` uint8) at ``window``."""
-        self._ds.WriteRaster(
-            *window.gdal_args(),
-            block.data,
-            buf_type=gdal.GDT_Byte,
-            band_list=list(range(1, self.spec.band_count + 1)),
-        )
+        try:
+            self._ds.WriteRaster(
+                *window.gdal_args(),
+                block.data,
+                buf_type=gdal.GDT_Byte,
+                band_list=list(range(1, self.spec.band_count + 1)),
+            )
+            return
+        except RuntimeError as exc:
+            # GDAL's exception keeps the dataset alive through its traceback: take the message, drop the rest
+            message = str(exc)
+        raise OutputError(f"{self.spec.path}: writing the GeoTIFF failed: {message}")
 
     def commit(self) -> None:
         """Flush, close and move the file to its final name (replacing an existing one atomically)."""
+        error = None
         try:
             self._ds.FlushCache()
-            self._ds = None
+        except RuntimeError as exc:  # GDAL's exception keeps the dataset alive through its traceback: text only
+            error = str(exc)
+        error = self._close() or error
+        try:
+            if error:
+                raise RuntimeError(error)
             os.replace(self._tmp, self.spec.path)
         except (RuntimeError, OSError) as exc:
+            full = full_disk_error(exc, self.spec.path, [self._tmp])  # before the partial file frees the space
             self.discard()
-            raise OutputError(f"{self.spec.path}: writing the GeoTIFF failed: {exc}") from None
+            raise full or OutputError(f"{self.spec.path}: writing the GeoTIFF failed: {exc}") from None
+
+    def _close(self) -> str | None:
+        """Close the dataset; return GDAL's error message if closing failed (it writes the last tiles and the
+        index, and a failure there would otherwise only be printed by Python as an ignored exception)."""
+        if self._ds is None:
+            return None
+        used = gdal.GetUseExceptions()
+        gdal.DontUseExceptions()
+        gdal.PushErrorHandler("CPLQuietErrorHandler")
+        gdal.ErrorReset()
+        try:
+            self._ds = None
+            failed = gdal.GetLastErrorType() >= gdal.CE_Failure
+            return gdal.GetLastErrorMsg() or "closing the file failed" if failed else None
+        finally:
+            gdal.PopErrorHandler()
+            if used:
+                gdal.UseExceptions()
 
     def discard(self) -> None:
         """Drop the unfinished file."""
-        self._ds = None
+        self._close()
         remove_partial(self.spec.path)

@@ -25,6 +25,7 @@ from mpi_s2.output.hdf5_store import WindowReader, h5_path, read_attrs
 from mpi_s2.output.profiles import creation_options as profile_options
 from mpi_s2.output.tiles import workers_can_compress
 from mpi_s2.output.writer import OutputSpec, check_output_path, validate_creation_options
+from mpi_s2.parallel.leftovers import forget_note
 from mpi_s2.parallel.hdf5_backend import prepare_store, run_hdf5_worker, worker_comm
 from mpi_s2.parallel.pipeline import (LocalFeed, MpiFeed, batch_table, make_scheduler, open_output,
                                       receive_windows, write_output)
@@ -44,6 +45,8 @@ def compose_to_store(comm: MPI.Comm, roles: Roles, plan: Plan, luts: np.ndarray,
                      counter: DecodeCounter) -> list[int]:
     """Compose the windows not yet in the HDF5 file and write them collectively; return those computed."""
     done = prepare_store(comm, roles, plan)
+    if roles.is_planner:
+        forget_note(plan.config.output)  # this attempt starts: its failure is noted again
     todo = [i for i in range(len(plan.windows)) if i not in done] if roles.is_planner else []
     wcomm = worker_comm(comm, roles)
     if roles.serial:

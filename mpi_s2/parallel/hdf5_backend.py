@@ -95,11 +95,22 @@ def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, luts: np.ndarray, first, feed, 
     buffers = [np.empty(bands * max_pixels, dtype=np.uint8) for _ in range(ROUND_WINDOWS)]
     work = ItemWorker(plan, luts, stats, counter)
     queue = deque(first)
-    exhausted = False
-    written = 0
     writer = CollectiveWindowWriter(wcomm, h5_path(plan.config.output), len(plan.windows))
     # no try/finally: closing the file is collective, and a rank that failed must not wait in it for the others
-    # (the job is aborted; what the status marks written is on disk)
+    # (the job is aborted; what the status marks written is on disk); alone, a worker closes it
+    try:
+        _write_rounds(wcomm, plan, work, feed, writer, queue, buffers, stats)
+    except BaseException:
+        if wcomm.size == 1:
+            writer.close_quietly()
+        raise
+    writer.close()
+
+
+def _write_rounds(wcomm, plan, work, feed, writer, queue, buffers, stats) -> None:
+    bands = plan.config.band_count
+    exhausted = False
+    written = 0
     while True:
         pending: list[tuple[int, Window, np.ndarray]] = []
         while len(pending) < ROUND_WINDOWS and not exhausted:
@@ -127,4 +138,3 @@ def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, luts: np.ndarray, first, feed, 
             faults.window_done(stats.rank, written)
         if not more:
             break
-    writer.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -25,16 +26,18 @@ from mpi4py import MPI
 
 from mpi_s2 import faults
 from mpi_s2.config import ComposeConfig
-from mpi_s2.errors import InputError, MpiS2Error, OutputError
+from mpi_s2.errors import MpiS2Error, OutputError
 from mpi_s2.inputs.decoding import DecodeCounter, merge_counts
 from mpi_s2.output.hdf5_store import h5_path
 from mpi_s2.output.quicklook import write_quicklook
 from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.output.tiles import unpack_tiles
 from mpi_s2.output.window_encoding import WindowEncoder
-from mpi_s2.output.writer import GeoTiffWriter, partial_run_exists, remove_partial
+from mpi_s2.output.writer import GeoTiffWriter
 from mpi_s2.parallel.coarse_levels import encode_strips, encode_strips_here, serve_strips
+from mpi_s2.parallel import termination
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
+from mpi_s2.parallel.leftovers import clean_up, disk_full, forget_note, on_signal_cleanup, resumable
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.runtime import CollectiveFailure, fail_together
 from mpi_s2.parallel.work_items import ItemWorker, WindowSource
@@ -265,11 +268,6 @@ def window_encoder(plan: Plan) -> WindowEncoder:
                          plan.overview_levels, plan.worker_overview_levels)
 
 
-def resumable(plan: Plan) -> bool:
-    """Whether the run keeps a journal (workers encode whole tiles; see mpi_s2.output.tiff_assembly)."""
-    return plan.writer_encodes_because is None
-
-
 def open_output(comm: MPI.Comm, roles: Roles, plan: Plan) -> TiffAssembler | None:
     """The writer opens the output (a new run, or ``--resume``'s partial one); an error ends every rank cleanly.
 
@@ -385,21 +383,6 @@ def _describe_source(plan: Plan, i: int, blocks: dict[str, int]) -> dict[str, An
     }
 
 
-def keep_for_resume(plan: Plan, exc: BaseException) -> None:
-    """After a failure: keep what ``--resume`` can continue (and say so), remove everything else."""
-    config = plan.config
-    hdf5 = config.backend == "hdf5"
-    if hdf5:
-        remove_partial(config.output)  # the conversion's file: redone from the HDF5 file
-    state = h5_path(config.output) if hdf5 else None
-    if isinstance(exc, InputError) or not (hdf5 or resumable(plan)):  # bad input: resuming cannot help
-        remove_partial(config.output)
-        return
-    if (os.path.exists(state) if state else partial_run_exists(config.output)):
-        log.warning("the partial run is kept beside %s%s: rerun with --resume to finish it, or without --resume "
-                    "to start over", config.output, f" ({state})" if state else "")
-
-
 def compose_via_hdf5(comm: MPI.Comm, roles: Roles, plan: Plan, luts: np.ndarray, stats: RankStats,
                      counter: DecodeCounter, info: dict[str, Any]) -> list[int]:
     """The HDF5 backend: windows written collectively to the file, then converted in the same job."""
@@ -430,15 +413,21 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     counter = DecodeCounter()
     threads, nodes = decoder_threads(comm, roles)
     stats.decoder_threads = threads
+    writer = comm.bcast((socket.gethostname(), os.getpid()), root=WRITER_RANK) if comm.size > 1 else None
     with config_options(rank_options(threads)):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
         hdf5: dict[str, Any] = {}
+        first_worker = not roles.is_writer and comm.rank == min(roles.worker_ranks)
+        forget_cleanup = termination.on_signal(on_signal_cleanup(plan, roles.is_writer, first_worker,
+                                                                 writer or ("", 0)))
         try:
             luts = broadcast_luts(comm, roles, plan)
             if config.backend == "hdf5":
                 todo = compose_via_hdf5(comm, roles, plan, luts, stats, counter, hdf5)
             else:
                 assembler = open_output(comm, roles, plan)
+                if roles.is_writer:
+                    forget_note(config.output)  # this attempt starts: its failure is noted again
                 todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
                 write_output(comm, roles, plan, luts, stats, counter, assembler, todo)
             if roles.is_writer and config.quicklook:
@@ -448,9 +437,13 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
             remove_staging(plan.staging_directory)
             raise  # before anything was written (a resume that does not match: nothing touched)
         except BaseException as exc:
-            remove_staging(plan.staging_directory)
-            keep_for_resume(plan, exc)
+            full = disk_full(plan, exc)
+            clean_up(plan, full or exc)
+            if full:
+                raise full from exc
             raise
+        finally:
+            forget_cleanup()
     ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
     if not roles.is_planner:
         return None

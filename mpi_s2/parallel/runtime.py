@@ -4,6 +4,8 @@
   job cleanly: rank 0 prints one line, every rank exits with the error's code.
 * Any other exception, on any rank, is reported once by that rank and the communicator is aborted, so the
   other ranks, possibly blocked in a receive or a collective, are killed instead of waiting forever.
+* A signal (SIGTERM from Slurm or mpirun, Ctrl-C) ends each rank at once through :mod:`termination`, after the
+  cleanup the pipeline registered: rank 0 prints one line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import traceback
 from typing import Callable
 
 from mpi_s2.errors import LaunchError, MpiS2Error
+from mpi_s2.parallel import termination
 
 
 class CollectiveFailure(Exception):
@@ -68,6 +71,14 @@ def run_job(main: Callable[[object], object], comm=None) -> int:
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD if comm is None else comm
+    termination.install(comm.rank, report=comm.rank == 0)
+    try:
+        return _run(main, comm)
+    finally:
+        termination.uninstall()
+
+
+def _run(main: Callable[[object], object], comm) -> int:
     try:
         check_launch(comm.size)
     except LaunchError as exc:
