@@ -38,9 +38,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # type: ignore[override]
         from mpi_s2.parallel.runtime import launcher_rank
 
-        if launcher_rank() == 0:
-            self.print_usage(sys.stderr)
-            sys.stderr.write(f"{self.prog}: error: {message}\n")
+        if launcher_rank() == 0:  # one line, like every other error (usage: --help)
+            sys.stderr.write(f"mpi_s2: error: {self.prog}: {message} (see {self.prog} --help)\n")
         sys.exit(2)
 
 

@@ -166,6 +166,20 @@ def _bad_product(case: str, l2a: str, tmp_path: Path) -> tuple[list[str], str, s
         empty = tmp_path / "empty.zip"
         zipfile.ZipFile(empty, "w").close()
         return [str(empty)], "the zip archive is empty", str(empty)
+    if case == "metadata is not XML":
+        safe = _copy(l2a, tmp_path)
+        (safe / "MTD_MSIL2A.xml").write_text("this is not XML\n")
+        return [str(safe)], "metadata is not valid XML", str(safe)
+    if case == "truncated zip":
+        zipped = tmp_path / (Path(l2a).stem + ".zip")
+        shutil.make_archive(str(zipped.with_suffix("")), "zip", Path(l2a).parent, Path(l2a).name)
+        data = zipped.read_bytes()
+        zipped.write_bytes(data[: len(data) // 2])
+        return [str(zipped)], "cannot be read as a zip archive", str(zipped)
+    if case == "not a zip":
+        fake = tmp_path / "S2B_MSIL2A_fake.zip"
+        fake.write_text("not a zip archive")
+        return [str(fake)], "cannot be read as a zip archive", str(fake)
     if case == "not a product":
         other = tmp_path / "notes.txt"
         other.write_text("hello")
@@ -174,7 +188,8 @@ def _bad_product(case: str, l2a: str, tmp_path: Path) -> tuple[list[str], str, s
 
 
 @pytest.mark.parametrize("case", ["no metadata", "metadata names a missing band", "no 10 m bands",
-                                  "corrupt JPEG 2000", "mixed L1C and L2A", "empty zip", "not a product"])
+                                  "corrupt JPEG 2000", "mixed L1C and L2A", "empty zip", "not a product",
+                                  "metadata is not XML", "truncated zip", "not a zip"])
 def test_bad_product_one_line_exit_2_no_output(case, l2a, tmp_path):
     products, message, named = _bad_product(case, l2a, tmp_path)
     out = tmp_path / "out.tif"

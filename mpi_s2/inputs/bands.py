@@ -68,6 +68,9 @@ def inspect_band(path: str) -> BandInfo:
     ds = open_dataset(path)
     if ds.RasterCount < 1:
         raise InputError(f"{path}: has no raster band")
+    if ds.RasterCount > 1:
+        raise InputError(f"{path}: has {ds.RasterCount} bands, expected one (each of --red, --green, --blue "
+                         f"takes a single-band file: B04, B03, B02)")
     band = ds.GetRasterBand(1)
     data_type = gdal.GetDataTypeName(band.DataType)
     if band.DataType != gdal.GDT_UInt16:

@@ -12,6 +12,8 @@ Nodata (DN 0 in any band) is decided separately and never confused with a valid 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +40,10 @@ class Stretch:
     def __post_init__(self) -> None:
         if not self.scale > 0:
             raise InputError(f"scale (quantification value) must be > 0, got {self.scale}")
-        if not self.max_reflectance > 0:
-            raise InputError(f"--max-reflectance must be > 0, got {self.max_reflectance}")
-        if not self.gamma > 0:
-            raise InputError(f"--gamma must be > 0, got {self.gamma}")
+        if not (math.isfinite(self.max_reflectance) and self.max_reflectance > 0):
+            raise InputError(f"--max-reflectance must be a finite number > 0, got {self.max_reflectance}")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise InputError(f"--gamma must be a finite number > 0, got {self.gamma}")
 
     @property
     def dn_range(self) -> tuple[float, float]:
