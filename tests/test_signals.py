@@ -9,10 +9,8 @@ after K windows and sleeps), then signalled as Slurm or a user would.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
