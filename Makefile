@@ -33,19 +33,20 @@ SCALING_ARGS = --ranks $(SCALING_RANKS) --dir $(SCALING_DIR) --size $(SCALING_SI
   --input $(SCALING_INPUT) --window $(SCALING_WINDOW) --backend $(SCALING_BACKEND)
 SCALING_MAX_RANKS = $(shell echo $(SCALING_RANKS) | tr ',' '\n' | sort -n | tail -n 1)
 
-.PHONY: help system-deps venv demo test test-unit test-mpi test-fresh bench scaling-strong scaling-weak \
+.PHONY: help system-deps venv demo test test-unit test-mpi test-slow test-fresh bench scaling-strong scaling-weak \
   scaling-report clean
 
 help:
 	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
 	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
+	@echo "make test-slow - a real > 4 GB BigTIFF output (minutes, 6 GB of disk; not in make test)"
 	@echo "make test-fresh - as root: make demo and make test on a fresh Debian 12 root (debootstrap, chroot)"
 	@echo "make bench   - full-size GeoTIFF tile, JPEG 2000 product and 2 x 2 JPEG 2000 mosaic: gdal_translate vs mpi_s2"
 	@echo "make scaling-strong / scaling-weak / scaling-report - scaling studies (CSV, plot, Markdown; SCHEDULER=slurm)"
 
 # The Debian stack (GDAL, Open MPI, mpi4py, parallel h5py; wheel for pip's editable install) is installed when
 # missing, as root. Without root, the goals that need it stop at once with one line: the command to run as root.
-SYSTEM_GOALS := demo test test-unit test-mpi venv bench system-deps scaling-strong scaling-weak scaling-report
+SYSTEM_GOALS := demo test test-unit test-mpi test-slow venv bench system-deps scaling-strong scaling-weak scaling-report
 ifneq ($(filter $(SYSTEM_GOALS),$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
 ifneq ($(shell command -v dpkg-query),)
 NEEDED_PACKAGES := $(DEBIAN_PACKAGES) $(if $(filter test test-unit,$(MAKECMDGOALS)),$(CLUSTER_PACKAGES))
@@ -84,7 +85,11 @@ demo: venv
 test: venv test-mpi test-unit
 
 test-unit:
-	$(PY) -m pytest --color=no --durations=15 -m "not mpi" tests
+	$(PY) -m pytest --color=no --durations=15 -m "not mpi and not slow" tests
+
+# A real output past 4 GB (BigTIFF), minutes and 6 GB of disk: not part of make test (nor CI).
+test-slow: venv
+	$(PY) -m pytest --color=no -m slow tests
 
 test-mpi:
 	for n in 2 3; do \
