@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,3 +155,35 @@ def test_scaling_jobs(cluster, tmp_path):
         assert rows[0]["nodes"] == "1" and rows[1]["nodes"] == str(cluster.nodes)
         assert all(float(r["wall_s"]) > 0 for r in rows) and rows[0]["speedup"] == "1.0"
         assert gdal.Open(str(study / f"{kind}.png")).RasterXSize == 1200
+
+
+def test_scancel_stops_the_job_cleanly_and_keeps_a_resumable_run(cluster, scene, tmp_path):
+    """scancel (or a time limit) sends SIGTERM to every task: rank 0 says so, the partial run is kept with a note."""
+    output = tmp_path / "rgb.tif"
+    log = tmp_path / "job.out"
+    submitted = cluster.run("sbatch", "--parsable", "-o", str(log), *cluster.layout,
+                            "--export=ALL,MPI_S2_TEST_FAULT=1:2:stall,MPI_S2_COMMIT_INTERVAL=0",
+                            str(REPO / "jobs" / "compose.sbatch"), *band_args(scene), "-o", str(output), "-q",
+                            "--window", "256", "--co", "BLOCKXSIZE=256", "--co", "BLOCKYSIZE=256", cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    while "stalls after 2 windows" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no job log"
+        time.sleep(0.2)
+    cancelled = time.monotonic()
+    assert cluster.run("scancel", job_id).returncode == 0
+    while True:
+        try:
+            state = cluster.job_state(job_id)
+            break
+        except AssertionError:
+            assert time.monotonic() - cancelled < 30, "the job did not end within 30 s of scancel"
+            time.sleep(0.2)
+    assert state == "CANCELLED"
+    while "the partial run is kept" not in log.read_text() and time.monotonic() - cancelled < 30:
+        time.sleep(0.2)  # the step's output reaches the log a moment after the job's end is recorded
+    text = log.read_text()
+    assert "mpi_s2: stopped (rank 0): SIGTERM: the job was stopped from outside" in text, text
+    assert text.count("the partial run is kept beside") == 1, text
+    assert not output.exists() and (tmp_path / ".rgb.tif.partial.journal").exists()
