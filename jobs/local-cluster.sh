@@ -21,6 +21,8 @@
 # Outside it: the namespaces mpi_s2-ctl and mpi_s2-node*, and, for a state directory longer than 48 characters,
 # the symlink /run/mpi_s2-cluster to it (unix socket paths are limited to 107 bytes); `down` removes them.
 # Traps handled:
+#   - A minimal root may lack /etc/hosts (nothing to mount over): an empty one is created (it resolves nothing,
+#     like a missing one) and stays after `down`.
 #   - Debian ships the PMIx plugin without libpmix.so: symlinked to libpmix.so.2 before slurmd starts (created
 #     later, step launch hangs). The link is a fix to the system and stays after `down`.
 #   - `ip netns exec` remounts /sys (slurmd dies): namespaces are entered with nsenter + unshare instead.
@@ -294,6 +296,15 @@ EOF
   echo "PartitionName=debug Nodes=ALL Default=YES State=UP MaxTime=INFINITE" >>"$CONF"
 }
 
+# A minimal root (debootstrap minbase, containers) may have no /etc/hosts: there is then nothing to bind-mount
+# our hosts file over. An empty one resolves exactly what a missing one does (nothing), so create that.
+ensure_etc_hosts() {
+  if [ ! -e /etc/hosts ]; then
+    : >/etc/hosts
+    say "created an empty /etc/hosts (there was none; the namespaces mount their own over it)"
+  fi
+}
+
 # Debian packaging bug: the PMIx plugin dlopens .../pmix2/lib/libpmix.so, which only libpmix-dev ships.
 ensure_libpmix_link() {
   local lib=/usr/lib/$(uname -m)-linux-gnu/pmix2/lib
@@ -456,6 +467,7 @@ cmd_up() {
   write_conf "$n" "$cpus" "$mem_mb"
   : >"$DIR/jobcomp.txt"
   ensure_libpmix_link
+  ensure_etc_hosts
   start_munged
   UP_FAIL_LOG=
   make_network "$n"
