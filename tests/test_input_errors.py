@@ -193,3 +193,16 @@ def test_full_disk_one_line_exit_2_nothing_left(scene, small_disk, ranks, extra)
             or f"{out}: cannot create the output: No space left on device" in lines[0]), lines[0]
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
     assert list(small_disk.iterdir()) == []
+
+
+def test_convert_to_a_full_disk_one_line_nothing_left(scene, small_disk, tmp_path):
+    composed = tmp_path / "rgb.tif"
+    kept = run_mpi_s2(compose_args(scene, composed, "--backend", "hdf5", "--keep-h5"), ranks=2, timeout=90)
+    assert kept.returncode == 0, kept.stderr
+    out = small_disk / "rgb.tif"
+    result = run_mpi_s2(["convert", str(tmp_path / "rgb.h5"), "-o", str(out), "--co", "COMPRESS=NONE", "-q"],
+                        ranks=2, timeout=90)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and f"{small_disk}: no space left on device while writing {out}" in lines[0], lines
+    assert list(small_disk.iterdir()) == []

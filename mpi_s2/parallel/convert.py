@@ -24,7 +24,9 @@ from mpi_s2.inputs.decoding import DecodeCounter
 from mpi_s2.output.hdf5_store import WindowReader, h5_path, read_attrs
 from mpi_s2.output.profiles import creation_options as profile_options
 from mpi_s2.output.tiles import workers_can_compress
-from mpi_s2.output.writer import OutputSpec, check_output_path, validate_creation_options
+from mpi_s2.output.free_space import full_disk_error
+from mpi_s2.output.writer import OutputSpec, check_output_path, remove_partial, validate_creation_options
+from mpi_s2.parallel import termination
 from mpi_s2.parallel.leftovers import forget_note
 from mpi_s2.parallel.hdf5_backend import prepare_store, run_hdf5_worker, worker_comm
 from mpi_s2.parallel.pipeline import (LocalFeed, MpiFeed, batch_table, make_scheduler, open_output,
@@ -146,7 +148,19 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
         raise CollectiveFailure(shared)
     plan = outcome if roles.is_planner else shared
     assert isinstance(plan, Plan)
-    convert_store(comm, roles, plan, path, stats)
+    # a conversion is never resumed (the HDF5 file is the source): a failure or a signal leaves nothing beside it
+    forget_cleanup = termination.on_signal(lambda signum: remove_partial(output) if roles.is_writer else None)
+    try:
+        convert_store(comm, roles, plan, path, stats)
+    except BaseException as exc:
+        full = full_disk_error(exc, output, [output]) if roles.is_writer else None
+        if roles.is_writer:
+            remove_partial(output)
+        if full:
+            raise full from exc
+        raise
+    finally:
+        forget_cleanup()
     ranks = comm.gather(stats.finish(), root=PLANNER_RANK)
     if not roles.is_planner:
         return None
