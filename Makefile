@@ -39,7 +39,7 @@ SCALING_MAX_RANKS = $(shell echo $(SCALING_RANKS) | tr ',' '\n' | sort -n | tail
 help:
 	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
 	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
-	@echo "make test-slow - a real > 4 GB BigTIFF output (minutes, 6 GB of disk; not in make test)"
+	@echo "make test-slow - a real > 4 GB BigTIFF output (about a minute, 6 GB of disk; not in make test)"
 	@echo "make test-fresh - as root: make demo and make test on a fresh Debian 12 root (debootstrap, chroot)"
 	@echo "make bench   - full-size GeoTIFF tile, JPEG 2000 product and 2 x 2 JPEG 2000 mosaic: gdal_translate vs mpi_s2"
 	@echo "make scaling-strong / scaling-weak / scaling-report - scaling studies (CSV, plot, Markdown; SCHEDULER=slurm)"
