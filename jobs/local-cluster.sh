@@ -26,6 +26,8 @@
 #   - Debian ships the PMIx plugin without libpmix.so: symlinked to libpmix.so.2 before slurmd starts (created
 #     later, step launch hangs). The link is a fix to the system and stays after `down`.
 #   - `ip netns exec` remounts /sys (slurmd dies): namespaces are entered with nsenter + unshare instead.
+#   - Entering a mount namespace resets the root directory: under chroot, `nsenter -m` alone leaves the chroot
+#     (the client then finds no slurm.conf); clients enter with -r, the controller's root.
 #   - The nodes share /tmp (PMIx collides): TmpFS, spool, pid and log paths are per node (%n).
 #   - More CPUs declared than the machine has: SlurmdParameters=config_overrides.
 #   - slurmstepd ignores SIGTERM and `ip netns del` kills nothing: `down` sends TERM, then KILL, to every process
@@ -482,11 +484,19 @@ cmd_up() {
 
 # ---------------------------------------------------------------- run, down, status
 
-# Run a client command in the controller's namespaces (network, hostname ctl, its /etc/hosts).
+# Run a client command in the controller's namespaces (network, hostname ctl, its /etc/hosts), from the current
+# directory. -r keeps the controller's root directory: entering a mount namespace resets the root to the
+# namespace's, so under chroot (the fresh-root CI) the client would otherwise run on the host's file system.
+in_ctl_ns() {
+  local pid=$1
+  shift
+  exec nsenter -t "$pid" -n -u -m -r --wd="$PWD" -- env SLURM_CONF="$CONF" "$@"
+}
+
 client() {
   local pid
   pid=$(pid_from_file "$CTL_PID_FILE" slurmctld) || return 1
-  nsenter -t "$pid" -n -u -m --wd="$PWD" -- env SLURM_CONF="$CONF" "$@"
+  (in_ctl_ns "$pid" "$@")
 }
 
 cmd_run() {
@@ -494,7 +504,7 @@ cmd_run() {
   local pid
   pid=$(pid_from_file "$CTL_PID_FILE" slurmctld) ||
     die 2 "no cluster is up in $DIR (jobs/local-cluster.sh up first)"
-  exec nsenter -t "$pid" -n -u -m --wd="$PWD" -- env SLURM_CONF="$CONF" "$@"
+  in_ctl_ns "$pid" "$@"
 }
 
 cmd_down() {
