@@ -130,7 +130,7 @@ new_root() {
   fi
   mkdir -p "$ROOT/work"
   git clone -q "$REPO" "$ROOT/work/main"
-  cp -a "$SHARED" "$ROOT/work/shared"
+  mkdir -p "$ROOT/work/shared" && cp -a "$SHARED/." "$ROOT/work/shared/"   # its contents: SHARED may be a symlink
 }
 
 # in_root USER COMMAND: run COMMAND with bash in /work/main of the root, with a clean login environment
