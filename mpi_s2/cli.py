@@ -11,7 +11,7 @@ import sys
 from typing import Sequence
 
 from mpi_s2 import __version__
-from mpi_s2.inputs.cloudmask import DEFAULT_MASK_CLASSES
+from mpi_s2.config import DEFAULT_MASK_CLASSES
 from mpi_s2.errors import InputError, MpiS2Error
 from mpi_s2.planning.mosaic import RESAMPLING
 from mpi_s2.planning.scheduling import SCHEDULES
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=overrides,
                                             overwrite=args.overwrite, schedule=args.schedule,
                                             progress=not args.quiet, report=args.report))
-    from mpi_s2.parallel.pipeline import compose
+    from mpi_s2.parallel.compose import compose
 
     return run_job(lambda comm: compose(config, comm))
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from mpi_s2.inputs.cloudmask import DEFAULT_MASK_CLASSES
-from mpi_s2.output.profiles import DEFAULT_PROFILE
+#: SCL classes masked by --cloud-mask: cloud shadow, medium and high probability cloud, thin cirrus.
+DEFAULT_MASK_CLASSES = (3, 8, 9, 10)
+#: The output profile (named creation options, see mpi_s2.output.profiles) used unless --co overrides it.
+DEFAULT_PROFILE = "zstd"
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class ComposeConfig:
     backend: str = "writer"  # or "hdf5" (see mpi_s2.parallel.hdf5_backend)
     keep_h5: bool = False  # hdf5 backend: keep the HDF5 file after converting it
     resume: bool = False  # continue a killed run (see mpi_s2.output.tiff_assembly)
-    cog: bool = False  # a Cloud-Optimized GeoTIFF with internal overviews (see mpi_s2.output.cog)
+    cog: bool = False  # a Cloud-Optimized GeoTIFF with internal overviews (see mpi_s2.output.coarse_levels)
     quicklook: str | None = None  # a .png or .jpg preview of the output (see mpi_s2.output.quicklook)
     quicklook_size: int = 1024
     profile: str = DEFAULT_PROFILE

@@ -45,3 +45,20 @@ class Stopped(MpiS2Error):
         super().__init__(f"stopped by signal {signum}")
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class CollectiveFailure(MpiS2Error):
+    """An error every rank learned at once (rank 0 broadcast it): the job ends cleanly, without an abort, and
+    rank 0 reports it once. Exits with the code of the error it carries."""
+
+    def __init__(self, error: MpiS2Error):
+        super().__init__(str(error))
+        self.error = error
+        self.exit_code = error.exit_code
+
+
+class StudyError(MpiS2Error, RuntimeError):
+    """A run of a scaling study failed, or its results cannot be read: the message names the command and carries
+    its stderr, or names the file (see mpi_s2.scaling)."""
+
+    exit_code = 1

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
-    from mpi_s2.inputs.decoding import DecodeCounter
+    from mpi_s2.inputs.block_counts import DecodeCounter
 
 PHASES = ("read", "compute", "encode", "wait", "write")
 

@@ -11,7 +11,7 @@ from osgeo import gdal
 
 from conftest import PYTHON, compose_args, error_lines, read_array, read_bands, run_mpi_s2, write_band
 from mpi_s2.output.overviews import check_window_size, level_count, level_window, reduce_window, worker_levels
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 from mpi_s2.errors import OutputError
 
 

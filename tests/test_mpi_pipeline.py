@@ -33,7 +33,7 @@ def test_scatter_gives_each_worker_exactly_its_first_batch(comm):
     from mpi_s2.parallel.roles import Roles
     from mpi_s2.parallel.transport import scatter_batches
     from mpi_s2.planning.scheduling import Scheduler, items_to_table, table_to_items
-    from mpi_s2.planning.windows import plan_windows
+    from mpi_s2.windows import plan_windows
 
     roles = Roles(comm.rank, comm.size)
     windows = plan_windows((1300, 1100), (256, 256))
@@ -48,7 +48,7 @@ def test_scatter_gives_each_worker_exactly_its_first_batch(comm):
 
 
 def test_every_rank_gets_identical_lookup_tables(comm, scene, mpi_tmp_path):
-    from mpi_s2.parallel.pipeline import broadcast_luts, broadcast_plan
+    from mpi_s2.parallel.compose import broadcast_luts, broadcast_plan
     from mpi_s2.pixels.radiometry import Stretch, build_lut
     from mpi_s2.parallel.roles import Roles
 
@@ -62,7 +62,7 @@ def test_every_rank_gets_identical_lookup_tables(comm, scene, mpi_tmp_path):
 
 
 def test_compose_in_process_matches_reference(comm, scene, reference, valid, mpi_tmp_path):
-    from mpi_s2.parallel.pipeline import compose
+    from mpi_s2.parallel.compose import compose
 
     out = mpi_tmp_path / "rgb.tif"
     report = compose(config_for(scene, out, window=256), comm)
@@ -78,8 +78,8 @@ def test_compose_in_process_matches_reference(comm, scene, reference, valid, mpi
 
 
 def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_tmp_path):
-    from mpi_s2.parallel.runtime import CollectiveFailure
-    from mpi_s2.parallel.pipeline import compose
+    from mpi_s2.errors import CollectiveFailure
+    from mpi_s2.parallel.compose import compose
 
     from mpi_s2.config import BandFiles
 
@@ -94,7 +94,7 @@ def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_t
 
 def test_run_job_reports_once_and_returns_exit_code(comm, scene, mpi_tmp_path, capfd):
     from mpi_s2.parallel.runtime import run_job
-    from mpi_s2.parallel.pipeline import compose
+    from mpi_s2.parallel.compose import compose
 
     from mpi_s2.config import BandFiles
 

@@ -1,6 +1,6 @@
 import io
 
-from mpi_s2.progress import Progress
+from mpi_s2.parallel.progress import Progress
 
 
 def test_progress_line_when_delay_passes_then_at_each_tenth_when_not_a_tty():

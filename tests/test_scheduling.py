@@ -8,7 +8,7 @@ from mpi_s2.parallel.roles import Roles
 from mpi_s2.planning.scheduling import (KIND_STAGE, KIND_WINDOW, MAX_BATCH, Scheduler, WorkItem,
                                         contiguous_shares, guided_batch, items_to_table, table_to_items)
 from mpi_s2.planning.stage_plan import StageUnit
-from mpi_s2.planning.windows import Window, plan_windows
+from mpi_s2.windows import Window, plan_windows
 
 
 def test_roles():

@@ -1,4 +1,4 @@
-"""Every job script in jobs/ submitted with sbatch to a real Slurm the tests start (jobs/local-cluster.sh): one node,
+"""Every job script in jobs/ submitted with sbatch to a real Slurm the tests start (tests/cluster/local-cluster.sh): one node,
 then two emulated nodes (network namespaces), so that ranks really span hosts and talk TCP.
 
 Needs root (slurmd, namespaces) and Debian's slurm-wlm, munge and iproute2, which `make test` installs. Without
@@ -23,7 +23,7 @@ from conftest import clean_env, read_array
 from osgeo import gdal
 
 REPO = Path(__file__).resolve().parents[1]
-LOCAL_CLUSTER = REPO / "jobs" / "local-cluster.sh"
+LOCAL_CLUSTER = REPO / "tests" / "cluster" / "local-cluster.sh"
 COMMANDS = ("slurmctld", "slurmd", "sbatch", "munged", "ip", "nsenter", "unshare")
 JOB_TIMEOUT = 300
 

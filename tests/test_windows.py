@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpi_s2.errors import WindowError
-from mpi_s2.planning.windows import Window, aligned_length, choose_window_size, plan_windows
+from mpi_s2.windows import Window, aligned_length, choose_window_size, plan_windows
 
 
 @settings(max_examples=200, deadline=None)

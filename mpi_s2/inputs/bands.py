@@ -14,7 +14,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from mpi_s2.errors import InputError
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 
 gdal.UseExceptions()
 

@@ -6,13 +6,12 @@ import numpy as np
 
 from mpi_s2.errors import InputError
 
+
 SCL_CLASSES = {
     0: "no data", 1: "saturated or defective", 2: "dark area / cast shadow", 3: "cloud shadow",
     4: "vegetation", 5: "not vegetated", 6: "water", 7: "unclassified", 8: "cloud medium probability",
     9: "cloud high probability", 10: "thin cirrus", 11: "snow or ice",
 }
-#: Cloud shadow, medium and high probability cloud, thin cirrus.
-DEFAULT_MASK_CLASSES = (3, 8, 9, 10)
 
 
 def parse_mask_classes(text: str) -> tuple[int, ...]:

@@ -1,1 +1,2 @@
-"""Output backends: the GeoTIFF writer and its creation-option profiles."""
+"""Output: file formats and the output plan: TIFF assembly and its journal, COG levels, HDF5 store, quicklook,
+profiles and paths."""

@@ -8,7 +8,7 @@ Layout (``OUTPUT`` with ``.h5`` instead of its extension, beside it):
   as the writer backend's journal), so a killed run knows what it can reuse;
 * attributes: ``crs_wkt``, ``geotransform``, ``band_count``, ``nodata_meaning``, ``gdal_metadata`` (the
   GeoTIFF's metadata: radiometry per input, gamma, ...), ``inputs``, ``plan`` (window size and windows),
-  ``creation_options``, ``fingerprint`` (see :mod:`mpi_s2.planning.fingerprint`) and ``mpi_s2_format``.
+  ``creation_options``, ``fingerprint`` (see :mod:`mpi_s2.output.fingerprint`) and ``mpi_s2_format``.
   Structured values are JSON strings. Everything needed to georeference and reproduce the output is there.
 
 Debian's h5py loads its MPI build only when it sees ``OMPI_COMM_WORLD_SIZE`` (set by mpirun, not by srun);
@@ -29,7 +29,7 @@ import numpy as np
 
 from mpi_s2.errors import OutputError
 from mpi_s2.output.journal import commit_interval
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 
 FORMAT = 1
 STATUS_WRITTEN = 1

@@ -2,7 +2,7 @@
 
 An append-only text file beside the output (``.NAME.partial.journal``). Its first line is a JSON header: the
 run's fingerprint (inputs and every parameter that changes a pixel or a byte, see
-:mod:`mpi_s2.planning.fingerprint`) and where the tile data starts. Then one JSON line per window:
+:mod:`mpi_s2.output.fingerprint`) and where the tile data starts. Then one JSON line per window:
 ``{"w": window index, "t": [[level, tile number, offset, size], ...]}``.
 
 A line is appended only after the tile data it names has reached the disk (``fdatasync`` of the data file),

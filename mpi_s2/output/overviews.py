@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpi_s2.errors import OutputError
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 
 
 def level_count(width: int, height: int, tile: tuple[int, int]) -> int:

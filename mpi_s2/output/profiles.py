@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from typing import Mapping
 
-from mpi_s2.errors import InputError
+from osgeo import gdal
+
+from mpi_s2.config import DEFAULT_PROFILE
+from mpi_s2.errors import InputError, OutputError
+
+gdal.UseExceptions()
 
 #: Tiled, compressed, safe for files past 4 GB. ZSTD at a low level keeps the single writer rank fast.
 GTIFF_PROFILES: dict[str, dict[str, str]] = {
@@ -34,7 +40,6 @@ GTIFF_PROFILES: dict[str, dict[str, str]] = {
         "BIGTIFF": "IF_SAFER",
     },
 }
-DEFAULT_PROFILE = "zstd"
 
 
 def parse_creation_option(text: str) -> tuple[str, str]:
@@ -67,3 +72,32 @@ def creation_options(
 
 def as_gdal_list(options: Mapping[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in options.items()]
+
+
+def validate_creation_options(output: str, options: Mapping[str, str], band_count: int) -> None:
+    """Raise :class:`OutputError` when GDAL rejects a creation option.
+
+    GDAL only warns about an unknown option or value and then ignores it; a typo would silently give another
+    file than asked for. A tiny in-memory file is created with the options and every warning is an error.
+    """
+    warnings: list[str] = []
+
+    def collect(err_class, err_no, message):
+        if err_class >= gdal.CE_Warning:
+            warnings.append(message)
+
+    probe = f"/vsimem/mpi_s2_validate_{os.getpid()}.tif"
+    gdal.PushErrorHandler(collect)
+    try:
+        ds = gdal.GetDriverByName("GTiff").Create(probe, 16, 16, band_count, gdal.GDT_Byte,
+                                                  options=as_gdal_list(options))
+        del ds  # closes the probe file
+    except RuntimeError as exc:
+        warnings.append(str(exc))
+    finally:
+        gdal.PopErrorHandler()
+        gdal.Unlink(probe)
+    if warnings:
+        raise OutputError(f"{output}: invalid creation option: {warnings[0].strip()}")
+
+

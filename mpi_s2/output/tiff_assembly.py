@@ -6,7 +6,7 @@ order, and a run that can be resumed after it was killed.
   the end. No byte is copied twice.
 * **COG** (``levels`` > 0): every IFD must come first and the overviews' data before the full resolution, which
   is only known at the end: tiles are appended to a scratch file (``.NAME.partial.tiles``) as they come, coarse
-  overview levels assembled in ``.NAME.partial.levels`` (:mod:`mpi_s2.output.cog`); at the end the structure is
+  overview levels assembled in ``.NAME.partial.levels`` (:mod:`mpi_s2.output.coarse_levels`); at the end the structure is
   written and the tiles copied in the kernel (``copy_file_range``), smallest level first, each in row-major order.
 
 Everything GDAL would write around the pixels (georeferencing, GDAL metadata and nodata, colour interpretation,
@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,14 +32,15 @@ from osgeo import gdal
 
 from mpi_s2 import __version__
 from mpi_s2.errors import OutputError
-from mpi_s2.output.cog import CoarseLevels
+from mpi_s2.output.coarse_levels import CoarseLevels
 from mpi_s2.output.journal import Journal
 from mpi_s2.output.overviews import coarse_strips, level_size
 from mpi_s2.output.profiles import as_gdal_list
-from mpi_s2.output.tiles import RAW_PIECE, TileEntry, TileLayout, needs_bigtiff, tile_size
-from mpi_s2.output.writer import OutputSpec, partial_path, remove_partial, spool_path
-from mpi_s2.planning.fingerprint import describe_mismatch
-from mpi_s2.planning.windows import Window
+from mpi_s2.output.tile_messages import RAW_PIECE, TileEntry
+from mpi_s2.output.paths import partial_path, remove_partial, spool_path
+from mpi_s2.output.plan import OutputSpec
+from mpi_s2.output.fingerprint import describe_mismatch
+from mpi_s2.windows import TileLayout, Window, tile_size
 
 gdal.UseExceptions()
 
@@ -107,7 +108,7 @@ class TiffAssembler:
     """Collects encoded tiles (and, for a COG, coarse overview shares) and writes ``spec``'s file.
 
     ``levels`` overview levels (0: a plain GeoTIFF); levels 1 .. ``encoded_levels`` arrive encoded, coarser
-    ones as raw window shares (:data:`~mpi_s2.output.tiles.RAW_PIECE`).
+    ones as raw window shares (:data:`~mpi_s2.output.tile_encoding.RAW_PIECE`).
     """
 
     def __init__(self, spec: OutputSpec, windows: Sequence[Window], *, levels: int = 0, encoded_levels: int = 0,
@@ -322,3 +323,32 @@ class TiffAssembler:
         """Drop the unfinished file, the journal and the scratch files."""
         self._close()
         remove_partial(self.spec.path)
+
+
+#: Classic TIFF addresses 4 GiB; what may pass it (pixels, plus the worst case of a codec's expansion and the
+#: tile index) is written as BigTIFF.
+CLASSIC_TIFF_LIMIT = 1 << 32
+
+
+def needs_bigtiff(width: int, height: int, bands: int, options: Mapping[str, str], levels: int = 0) -> bool:
+    """BIGTIFF=YES/NO as asked; otherwise BigTIFF whenever the file may pass 4 GiB, compressed or not.
+
+    A compressed tile may come out larger than raw (incompressible pixels): DEFLATE, LZW and ZSTD stay within
+    1 % plus a few bytes, which the bound adds, with the tile index and the header's room. ``levels`` overview
+    levels (each half the size of the previous) count too.
+    """
+    asked = options.get("BIGTIFF", "IF_SAFER").upper()
+    if asked in ("YES", "TRUE", "ON"):
+        return True
+    if asked in ("NO", "FALSE", "OFF"):
+        return False
+    tx, ty = tile_size(options)
+    tiles = 0
+    for level in range(levels + 1):
+        factor = 1 << level
+        tiles += TileLayout(-(-width // factor), -(-height // factor), (tx, ty)).count
+    raw = tiles * tx * ty * bands  # edge tiles are stored whole
+    worst = raw + raw // 100 + tiles * (64 + 16) + (levels + 1) * 4096 + (1 << 20)
+    return worst >= CLASSIC_TIFF_LIMIT
+
+

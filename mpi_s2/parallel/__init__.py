@@ -1,1 +1,2 @@
-"""The MPI program: rank roles, transport of pixel blocks, work distribution and the pipeline."""
+"""MPI only: rank roles, transport, work feeds, the output stage (both backends and convert), the compose job,
+collective rounds, termination and runtime."""

@@ -1,100 +1,61 @@
-"""The HDF5 backend's job, and HDF5 -> GeoTIFF/COG conversion (in the same job, or ``mpi-s2 convert``).
+"""HDF5 -> GeoTIFF/COG conversion: the last step of ``compose --backend hdf5``, and ``mpi-s2 convert``.
 
-Conversion is the writer backend with another source of pixels: rank 0 schedules the windows and places the
-encoded tiles; workers read their windows from the HDF5 file (independent reads) and encode whole tiles, COG
-overviews included, with the output stage of :mod:`mpi_s2.parallel.pipeline`. The result is the writer
-backend's file, pixel for pixel and in its georeferencing and metadata.
+Conversion is the output stage (:mod:`mpi_s2.parallel.output_stage`) with another source of pixels: rank 0
+schedules the windows and places the encoded tiles; workers read their windows from the HDF5 file (independent
+reads) and encode whole tiles, COG overviews included. The result is the writer backend's file, pixel for pixel
+and in its georeferencing and metadata. A conversion is never resumed: a failure or a signal leaves nothing.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from typing import Any
 
-import numpy as np
 from mpi4py import MPI
 
-from mpi_s2.config import ComposeConfig
-from mpi_s2.errors import MpiS2Error, OutputError
+from mpi_s2.errors import CollectiveFailure, MpiS2Error, OutputError
 from mpi_s2.inputs.bands import Grid
-from mpi_s2.inputs.decoding import DecodeCounter
-from mpi_s2.output.hdf5_store import WindowReader, h5_path, read_attrs
-from mpi_s2.output.profiles import creation_options as profile_options
-from mpi_s2.output.tiles import workers_can_compress
+from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.output.free_space import full_disk_error
-from mpi_s2.output.writer import OutputSpec, check_output_path, remove_partial, validate_creation_options
+from mpi_s2.output.hdf5_store import WindowReader, read_attrs
+from mpi_s2.output.paths import check_output_path, remove_partial
+from mpi_s2.output.plan import OutputPlan, OutputSpec, plan_cog
+from mpi_s2.output.profiles import creation_options as profile_options
+from mpi_s2.output.profiles import validate_creation_options
+from mpi_s2.output.tile_encoding import workers_can_compress
 from mpi_s2.parallel import termination
-from mpi_s2.parallel.leftovers import forget_note
-from mpi_s2.parallel.hdf5_backend import prepare_store, run_hdf5_worker, worker_comm
-from mpi_s2.parallel.pipeline import (LocalFeed, MpiFeed, batch_table, make_scheduler, open_output,
-                                      receive_windows, write_output)
+from mpi_s2.parallel.output_stage import open_output, write_output
+from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, Roles
-from mpi_s2.parallel.runtime import CollectiveFailure
-from mpi_s2.parallel.transport import scatter_batches
-from mpi_s2.planning.plan import Plan, plan_cog
-from mpi_s2.planning.scheduling import table_to_items
-from mpi_s2.planning.windows import Window, plan_windows
-from mpi_s2.progress import Progress
+from mpi_s2.planning.scheduling import WorkPlan
 from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.windows import Window, intersection, plan_windows
+from mpi_s2.worker.items import ItemWorker
 
 log = logging.getLogger("mpi_s2")
 
 
-def compose_to_store(comm: MPI.Comm, roles: Roles, plan: Plan, luts: np.ndarray, stats: RankStats,
-                     counter: DecodeCounter) -> list[int]:
-    """Compose the windows not yet in the HDF5 file and write them collectively; return those computed."""
-    done = prepare_store(comm, roles, plan)
-    if roles.is_planner:
-        forget_note(plan.config.output)  # this attempt starts: its failure is noted again
-    todo = [i for i in range(len(plan.windows)) if i not in done] if roles.is_planner else []
-    wcomm = worker_comm(comm, roles)
-    if roles.serial:
-        scheduler = make_scheduler(plan, roles, todo)
-        first = table_to_items(batch_table(plan, scheduler.first_batches()[0]))
-        run_hdf5_worker(wcomm, plan, luts, first, LocalFeed(plan, scheduler), stats, counter)
-        return todo
-    scheduler = make_scheduler(plan, roles, todo) if roles.is_planner else None
-    first = scheduler.first_batches() if scheduler else {}
-    mine = scatter_batches(comm, PLANNER_RANK,
-                           {r: batch_table(plan, b) for r, b in first.items()} if scheduler else None)
-    if roles.is_planner:
-        assert scheduler is not None
-        for _ in receive_windows(comm, plan, scheduler, stats, Progress(0, enabled=False), expected=0):
-            pass  # rank 0 only schedules: no window comes here
-    else:
-        run_hdf5_worker(wcomm, plan, luts, table_to_items(mine), MpiFeed(comm), stats, counter)
-        wcomm.Free()
-    with stats.timer("wait"):
-        comm.Barrier()  # the file is closed by every writer before anyone reads it back
-    return todo
+def convert_store(comm: MPI.Comm, roles: Roles, out: OutputPlan, work: WorkPlan, path: str, stats: RankStats,
+                  progress: Progress) -> tuple[int, int] | None:
+    """Write ``out`` from the HDF5 file at ``path``: workers read and encode, rank 0 places.
 
-
-def conversion_plan(plan: Plan) -> Plan:
-    """The compose plan, with the HDF5 file as the only source: no staging, every window ready, no journal."""
-    return dataclasses.replace(plan, sources=(), staged=(), stage_units=(),
-                               independent=(True,) * len(plan.windows), fingerprint=None,
-                               config=dataclasses.replace(plan.config, resume=False))
-
-
-def convert_store(comm: MPI.Comm, roles: Roles, plan: Plan, path: str, stats: RankStats) -> None:
-    """Write ``plan``'s output from the HDF5 file at ``path``: workers read and encode, rank 0 places."""
-    assembler = open_output(comm, roles, plan)
+    Returns the quicklook's size on the writer rank when ``out`` asks for one."""
+    assembler = open_output(comm, roles, out)
     reader = WindowReader(path) if roles.is_worker else None
     try:
-        luts = np.empty((0, 3, 0), dtype=np.uint8)  # unused: pixels come from the file
-        write_output(comm, roles, plan, luts, stats, DecodeCounter(), assembler, list(range(len(plan.windows))),
-                     renderer=reader)
+        worker = ItemWorker(reader, stats, DecodeCounter()) if reader is not None else None
+        return write_output(comm, roles, out, work, worker, stats, progress, assembler,
+                            list(range(len(out.windows))))
     finally:
         if reader is not None:
             reader.close()
 
 
-def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, str], overwrite: bool,
-                    schedule: str, progress: bool, report: str | None) -> Plan:
-    """``mpi-s2 convert``: the conversion plan of a complete HDF5 file (rank 0)."""
+def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, str],
+                    overwrite: bool) -> OutputPlan:
+    """``mpi-s2 convert``: the output plan of a complete HDF5 file (rank 0)."""
     if not os.path.isfile(path):
         raise OutputError(f"{path}: no such HDF5 file")
     attrs = read_attrs(path)
@@ -108,24 +69,16 @@ def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, s
     options = profile_options("raw", options, alpha=bands == 4)  # the stored options, then the user's
     validate_creation_options(output, options, bands)
     grid = Grid(width, height, tuple(attrs["geotransform"]), attrs["crs_wkt"])
-    config = ComposeConfig(output=output, alpha=bands == 4, cog=cog, schedule=schedule, creation_options=options,
-                           overwrite=overwrite, progress=progress, report=report)
     window_size = tuple(attrs["plan"]["window_size"])
     levels = encoded = 0
     if cog:
-        window_size, levels, encoded = plan_cog(config, options, window_size, grid.size)
+        window_size, levels, encoded = plan_cog(output, options, window_size, grid.size)
     written = [Window(*w) for w in attrs["plan"]["windows"]]
     windows = tuple(w for w in plan_windows(grid.size, window_size)
-                    if any(_overlap(w, v) for v in written))
+                    if any(intersection(w, v) for v in written))
     spec = OutputSpec(output, grid, bands, options, attrs["gdal_metadata"])
-    return Plan(config, grid, (), window_size, window_size, windows, spec, empty_windows=0,
-                independent=(True,) * len(windows), writer_encodes_because=workers_can_compress(
-                    options, window_size, grid.size), overview_levels=levels, worker_overview_levels=encoded)
-
-
-def _overlap(a: Window, b: Window) -> bool:
-    return (a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width
-            and a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height)
+    return OutputPlan(spec, window_size, windows, writer_encodes_because=workers_can_compress(
+        options, window_size, grid.size), cog=cog, overview_levels=levels, worker_overview_levels=encoded)
 
 
 def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overrides: dict[str, str] | None = None,
@@ -135,23 +88,24 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
     start = time.perf_counter()
     roles = Roles(comm.rank, comm.size)
     stats = RankStats(comm.rank, roles.describe())
-    outcome: Plan | MpiS2Error | None = None
+    outcome: OutputPlan | MpiS2Error | None = None
     if roles.is_planner:
         try:
-            outcome = plan_from_store(path, output, cog=cog, overrides=overrides or {}, overwrite=overwrite,
-                                      schedule=schedule, progress=progress, report=report)
+            outcome = plan_from_store(path, output, cog=cog, overrides=overrides or {}, overwrite=overwrite)
         except MpiS2Error as exc:
             outcome = exc
-    shared = outcome if not isinstance(outcome, Plan) else dataclasses.replace(outcome, windows=(), independent=())
-    shared = comm.bcast(shared, root=PLANNER_RANK)
+    shared = comm.bcast(outcome.without_windows() if isinstance(outcome, OutputPlan) else outcome,
+                        root=PLANNER_RANK)
     if isinstance(shared, MpiS2Error):
         raise CollectiveFailure(shared)
-    plan = outcome if roles.is_planner else shared
-    assert isinstance(plan, Plan)
+    out = outcome if roles.is_planner else shared
+    assert isinstance(out, OutputPlan)
+    work = WorkPlan(out.windows, schedule=schedule)
     # a conversion is never resumed (the HDF5 file is the source): a failure or a signal leaves nothing beside it
     forget_cleanup = termination.on_signal(lambda signum: remove_partial(output) if roles.is_writer else None)
     try:
-        convert_store(comm, roles, plan, path, stats)
+        convert_store(comm, roles, out, work, path, stats,
+                      Progress(len(out.windows), enabled=progress and roles.is_writer))
     except BaseException as exc:
         full = full_disk_error(exc, output, [output]) if roles.is_writer else None
         if roles.is_writer:
@@ -165,15 +119,11 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
     if not roles.is_planner:
         return None
     wall = time.perf_counter() - start
-    result = build_report({"output": output, "converted_from": os.path.abspath(path), "size": list(plan.grid.size),
-                           "pixels": plan.grid.width * plan.grid.height,
-                           "windows": len(plan.windows), "mpi_ranks": comm.size, "cog": cog,
-                           "creation_options": dict(plan.output.creation_options)}, ranks, wall)
+    result = build_report({"output": output, "converted_from": os.path.abspath(path), "size": list(out.spec.grid.size),
+                           "pixels": out.spec.grid.width * out.spec.grid.height,
+                           "windows": len(out.windows), "mpi_ranks": comm.size, "cog": cog,
+                           "creation_options": dict(out.spec.creation_options)}, ranks, wall)
     if report:
         write_report(report, result)
     log.info("converted %s to %s in %.1f s", path, output, wall)
     return result
-
-
-def store_path(config: ComposeConfig) -> str:
-    return h5_path(config.output)

@@ -6,28 +6,37 @@
    *rounds*: each composes up to :data:`ROUND_WINDOWS` windows, then all workers make the same number of
    collective writes (padding with empty ones), flush, and mark the round's windows written. Rank 0 is not in
    the file's communicator: it stays free to answer requests while the workers are inside a collective call.
-3. The file is converted to the GeoTIFF/COG by the output stage (:mod:`mpi_s2.parallel.convert`), in the same
-   job: workers read windows back and encode tiles, rank 0 places them.
+3. The file is converted to the GeoTIFF/COG by the output stage (:func:`mpi_s2.parallel.convert.convert_store`),
+   in the same job: workers read windows back and encode tiles, rank 0 places them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 from mpi4py import MPI
 
 from mpi_s2 import faults
 from mpi_s2.errors import MpiS2Error, OutputError
-from mpi_s2.inputs.decoding import DecodeCounter
+from mpi_s2.output.fingerprint import describe_mismatch
 from mpi_s2.output.hdf5_store import CollectiveWindowWriter, create_store, h5_path, read_attrs
+from mpi_s2.parallel.convert import convert_store
+from mpi_s2.parallel.leftovers import forget_note
+from mpi_s2.parallel.output_stage import LocalFeed, MpiFeed, WorkFeed, receive_windows
+from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, Roles
 from mpi_s2.parallel.runtime import fail_together
-from mpi_s2.parallel.work_items import ItemWorker
-from mpi_s2.planning.fingerprint import describe_mismatch
+from mpi_s2.parallel.transport import scatter_batches
 from mpi_s2.planning.plan import Plan
-from mpi_s2.planning.windows import Window
+from mpi_s2.planning.scheduling import WorkPlan, table_to_items
 from mpi_s2.report import RankStats
+from mpi_s2.windows import Window
+from mpi_s2.worker.items import ItemWorker
 
 ROUND_WINDOWS = 4
 
@@ -38,15 +47,15 @@ def store_attributes(plan: Plan) -> dict:
     return {
         "crs_wkt": plan.grid.crs_wkt,
         "geotransform": list(plan.grid.geotransform),
-        "band_count": config.band_count,
+        "band_count": plan.output.band_count,
         "nodata_meaning": ("band 4 is alpha: 0 where no input has data, else 255" if config.alpha else
                            "no alpha: 0 in all bands where no input has data; valid pixels are >= 1"),
-        "gdal_metadata": dict(plan.output.metadata),
-        "creation_options": dict(plan.output.creation_options),
+        "gdal_metadata": dict(plan.output.spec.metadata),
+        "creation_options": dict(plan.output.spec.creation_options),
         "inputs": [{"input": s.label, "files": list(s.files), "scl": s.scl, "radiometry": s.radiometry_note}
                    for s in plan.sources],
         "plan": {"window_size": list(plan.window_size), "cog": config.cog, "schedule": config.schedule},
-        "fingerprint": plan.fingerprint,
+        "fingerprint": plan.output.fingerprint,
     }
 
 
@@ -61,18 +70,16 @@ def prepare_store(comm: MPI.Comm, roles: Roles, plan: Plan) -> set[int]:
         path = h5_path(plan.config.output)
         try:
             if plan.config.resume:
-                import os
-
                 if not os.path.exists(path):
                     raise OutputError(f"{plan.config.output}: --resume: no partial run to resume (no {path}); "
                                       f"run without --resume")
                 attrs = read_attrs(path)
-                mismatch = describe_mismatch(attrs.get("fingerprint") or {}, plan.fingerprint or {})
+                mismatch = describe_mismatch(attrs.get("fingerprint") or {}, plan.output.fingerprint or {})
                 if mismatch:
                     raise OutputError(f"{path}: --resume: {mismatch}; the partial run is left as it is")
                 done = set(np.flatnonzero(attrs["window_status"]).tolist())
             else:
-                create_store(path, size=plan.grid.size, bands=plan.config.band_count, windows=list(plan.windows),
+                create_store(path, size=plan.grid.size, bands=plan.output.band_count, windows=list(plan.windows),
                              attrs=store_attributes(plan))
         except MpiS2Error as exc:
             error = exc
@@ -87,13 +94,11 @@ def worker_comm(comm: MPI.Comm, roles: Roles) -> MPI.Comm:
     return comm.Split(0 if roles.is_worker else MPI.UNDEFINED, comm.rank)
 
 
-def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, luts: np.ndarray, first, feed, stats: RankStats,
-                    counter: DecodeCounter) -> None:
+def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, work: ItemWorker, first, feed: WorkFeed,
+                    stats: RankStats) -> None:
     """Do batches of work; write composed windows in collective rounds until no worker has any left."""
-    bands = plan.config.band_count
-    max_pixels = plan.window_size[0] * plan.window_size[1]
-    buffers = [np.empty(bands * max_pixels, dtype=np.uint8) for _ in range(ROUND_WINDOWS)]
-    work = ItemWorker(plan, luts, stats, counter)
+    bands = plan.output.band_count
+    buffers = [np.empty(bands * plan.output.max_pixels, dtype=np.uint8) for _ in range(ROUND_WINDOWS)]
     queue = deque(first)
     writer = CollectiveWindowWriter(wcomm, h5_path(plan.config.output), len(plan.windows))
     # no try/finally: closing the file is collective, and a rank that failed must not wait in it for the others
@@ -108,7 +113,7 @@ def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, luts: np.ndarray, first, feed, 
 
 
 def _write_rounds(wcomm, plan, work, feed, writer, queue, buffers, stats) -> None:
-    bands = plan.config.band_count
+    bands = plan.output.band_count
     exhausted = False
     written = 0
     while True:
@@ -138,3 +143,58 @@ def _write_rounds(wcomm, plan, work, feed, writer, queue, buffers, stats) -> Non
             faults.window_done(stats.rank, written)
         if not more:
             break
+
+
+def compose_to_store(comm: MPI.Comm, roles: Roles, plan: Plan, worker: ItemWorker | None,
+                     stats: RankStats) -> list[int]:
+    """Compose the windows not yet in the HDF5 file and write them collectively; return those computed."""
+    done = prepare_store(comm, roles, plan)
+    if roles.is_planner:
+        forget_note(plan.config.output)  # this attempt starts: its failure is noted again
+    todo = [i for i in range(len(plan.windows)) if i not in done] if roles.is_planner else []
+    wcomm = worker_comm(comm, roles)
+    work = plan.work
+    if roles.serial:
+        assert worker is not None
+        feed = LocalFeed(work, work.scheduler((0,), todo))
+        run_hdf5_worker(wcomm, plan, worker, feed.first(), feed, stats)
+        return todo
+    scheduler = work.scheduler(roles.worker_ranks, todo) if roles.is_planner else None
+    first = scheduler.first_batches() if scheduler else {}
+    mine = scatter_batches(comm, PLANNER_RANK, {r: work.table(b) for r, b in first.items()} if scheduler else None)
+    if roles.is_planner:
+        assert scheduler is not None
+        for _ in receive_windows(comm, plan.output, work, scheduler, stats, Progress(0, enabled=False),
+                                 expected=0):
+            pass  # rank 0 only schedules: no window comes here
+    else:
+        assert worker is not None
+        run_hdf5_worker(wcomm, plan, worker, table_to_items(mine), MpiFeed(comm), stats)
+        wcomm.Free()
+    with stats.timer("wait"):
+        comm.Barrier()  # the file is closed by every writer before anyone reads it back
+    return todo
+
+
+def compose_via_hdf5(comm: MPI.Comm, roles: Roles, plan: Plan, worker: ItemWorker | None, stats: RankStats,
+                     progress: Progress, info: dict[str, Any]) -> tuple[list[int], tuple[int, int] | None]:
+    """The HDF5 backend: windows written collectively to the file, then converted in the same job.
+
+    Returns the windows computed and, on the writer rank, the quicklook's size (if one was asked for)."""
+    path = h5_path(plan.config.output)
+    start = time.perf_counter()
+    todo = compose_to_store(comm, roles, plan, worker, stats)
+    info.update(path=path, write_phase_s=round(time.perf_counter() - start, 3))
+    start = time.perf_counter()
+    convert_stats = RankStats(comm.rank, roles.describe())
+    out = dataclasses.replace(plan.output, resume=False, fingerprint=None)  # converted whole, never resumed
+    work = WorkPlan(plan.windows, schedule=plan.config.schedule)
+    preview = convert_store(comm, roles, out, work, path, convert_stats, progress)
+    ranks = comm.gather(convert_stats.finish(), root=PLANNER_RANK)
+    info.update(convert_s=round(time.perf_counter() - start, 3), kept=plan.config.keep_h5)
+    if roles.is_planner:
+        info["convert_ranks"] = [{"rank": r["rank"], "seconds": r["seconds"], "cpu_s": r.get("cpu_s")}
+                                 for r in ranks]
+        if not plan.config.keep_h5:
+            os.unlink(path)
+    return todo, preview

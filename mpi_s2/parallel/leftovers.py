@@ -13,23 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
 
 from mpi_s2.errors import InputError, OutputError, Stopped
 from mpi_s2.output.free_space import full_disk_error, is_full_disk_error
 from mpi_s2.output.hdf5_store import h5_path
-from mpi_s2.output.writer import partial_run_exists, remove_partial, spool_path
+from mpi_s2.output.paths import partial_run_exists, remove_partial, spool_path
+from mpi_s2.planning.plan import Plan
 from mpi_s2.planning.stage_plan import remove_staging
 
-if TYPE_CHECKING:
-    from mpi_s2.planning.plan import Plan
-
 log = logging.getLogger("mpi_s2")
-
-def resumable(plan: Plan) -> bool:
-    """Whether the run keeps a journal (workers encode whole tiles; see mpi_s2.output.tiff_assembly)."""
-    return plan.writer_encodes_because is None
-
 
 def disk_full(plan: Plan, exc: BaseException) -> OutputError | None:
     """The error to report instead of ``exc`` when it comes from a full file system, else None."""
@@ -53,7 +45,7 @@ def clean_up(plan: Plan, exc: BaseException) -> None:
         remove_partial(config.output, keep=("kept",))  # the conversion's file: redone from the HDF5 file
     state = h5_path(config.output) if hdf5 else None
     hopeless = isinstance(exc, InputError) or is_full_disk_error(exc)
-    if hopeless or not (hdf5 or resumable(plan)):
+    if hopeless or not (hdf5 or plan.output.resumable):
         remove_partial(config.output)
         if hopeless and state and os.path.exists(state):
             os.unlink(state)

@@ -15,16 +15,8 @@ import sys
 import traceback
 from typing import Callable
 
-from mpi_s2.errors import LaunchError, MpiS2Error
+from mpi_s2.errors import CollectiveFailure, LaunchError, MpiS2Error
 from mpi_s2.parallel import termination
-
-
-class CollectiveFailure(Exception):
-    """Raised on every rank together: exit without aborting; rank 0 reports the error."""
-
-    def __init__(self, error: MpiS2Error):
-        super().__init__(str(error))
-        self.error = error
 
 
 def fail_together(comm, error: MpiS2Error | None, root: int = 0) -> None:

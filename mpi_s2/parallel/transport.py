@@ -19,7 +19,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpi_s2.errors import MpiS2Error
-from mpi_s2.output.tiles import TileEntry, pack_tiles
+from mpi_s2.output.tile_messages import HEADER_BYTES
 from mpi_s2.planning.scheduling import ITEM_COLUMNS
 
 BLOCK_TAG = 11
@@ -27,7 +27,6 @@ REQUEST_TAG = 12
 BATCH_TAG = 13
 PROGRESS_TAG = 14
 SLOTS = 2
-HEADER_BYTES = 8
 POLL_MIN_S = 0.0005
 POLL_MAX_S = 0.01
 
@@ -39,17 +38,6 @@ def wait_for_message(comm: MPI.Comm, status: MPI.Status, source: int = MPI.ANY_S
     while not comm.Iprobe(source=source, tag=tag, status=status):
         time.sleep(delay)
         delay = min(2 * delay, POLL_MAX_S)
-
-
-def message_buffer(band_count: int, max_pixels: int) -> np.ndarray:
-    """A send/receive buffer for the largest block: header plus pixels."""
-    return np.empty(HEADER_BYTES + band_count * max_pixels, dtype=np.uint8)
-
-
-def pack_block(buffer: np.ndarray, index: int, band_count: int, shape: tuple[int, int]) -> np.ndarray:
-    """Write ``index`` into ``buffer``'s header; return the view the block's pixels go into."""
-    buffer[:HEADER_BYTES].view(np.int64)[0] = index
-    return buffer[HEADER_BYTES: HEADER_BYTES + band_count * shape[0] * shape[1]].reshape(band_count, *shape)
 
 
 class BlockSender:
@@ -69,13 +57,6 @@ class BlockSender:
 
     def close(self) -> None:
         MPI.Request.Waitall(self._requests)
-
-
-def tile_message(index: int, tiles: list[TileEntry]) -> np.ndarray:
-    """A window's encoded tiles as one uint8 message: the window index, then :func:`pack_tiles`' layout."""
-    message = pack_tiles(tiles, HEADER_BYTES)
-    message[:HEADER_BYTES].view(np.int64)[0] = index
-    return message
 
 
 class BlockReceiver:

@@ -1,1 +1,1 @@
-"""Pixels: the radiometric lookup tables and composing a window from its sources (numpy)."""
+"""Pixels: the radiometric lookup tables (pure numpy)."""

@@ -1,1 +1,1 @@
-"""Planning: the output grid, windows, staging of misaligned sources and the schedule (pure logic, no MPI)."""
+"""Planning (pure logic, no MPI): mosaic placement, staging of misaligned sources, schedules and the compose plan."""

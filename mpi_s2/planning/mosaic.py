@@ -6,7 +6,7 @@
   output grid, with the resampling method the user chose (nearest by default: digital numbers stay exact).
 * The scene classification (20 m) is put onto each input's 10 m grid by nearest neighbour in a warped VRT,
   which takes, for every 10 m pixel, the 20 m pixel that contains its centre.
-Where inputs overlap, the first valid pixel in the given order wins (see :mod:`mpi_s2.pixels.render`).
+Where inputs overlap, the first valid pixel in the given order wins (see :mod:`mpi_s2.worker.compose`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from osgeo import gdal, osr
 from mpi_s2.errors import InputError
 from mpi_s2.pixels.radiometry import Stretch
 from mpi_s2.inputs.bands import BandInfo, Grid, inspect_band_set, inspect_mask, same_crs
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 
 gdal.UseExceptions()
 

@@ -1,33 +1,31 @@
 """The planner's work: resolve inputs, check the output, lay out the mosaic, cut it into windows, stage.
 
 Runs on rank 0 only; the resulting :class:`Plan` (small metadata, no pixels) is broadcast to every rank,
-without its work lists: each worker learns its work from the scatter and from rank 0's answers.
+without its work lists: each worker learns its work from the scatter and from rank 0's answers. Everything the
+output needs comes from one question to the output side (:func:`mpi_s2.output.plan.plan_output`).
 """
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from mpi_s2.config import ComposeConfig
 from mpi_s2.errors import InputError, OutputError
-from mpi_s2.inputs.metadata import RGB_BANDS
-from mpi_s2.planning.fingerprint import run_fingerprint
-from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
-from mpi_s2.inputs.products import open_product
-from mpi_s2.output.profiles import creation_options
-from mpi_s2.output.quicklook import quicklook_format
-from mpi_s2.output.overviews import check_window_size, level_count, worker_levels
-from mpi_s2.output.tiles import tile_size, workers_can_compress
-from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
-from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging
 from mpi_s2.inputs.bands import Grid, inspect_mask
-from mpi_s2.inputs.decoding import block_count
-from mpi_s2.planning.windows import Window, choose_window_size, intersection, plan_windows
-from mpi_s2.output.writer import OutputSpec, check_output_path, validate_creation_options
+from mpi_s2.inputs.block_counts import block_count
+from mpi_s2.inputs.metadata import RGB_BANDS
+from mpi_s2.inputs.products import open_product
+from mpi_s2.output.fingerprint import run_fingerprint
+from mpi_s2.output.plan import OutputPlan, OutputRequest, check_output_request, plan_output
+from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
+from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
+from mpi_s2.planning.scheduling import WorkPlan
+from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging
+from mpi_s2.windows import Window, intersection
 
 
 @dataclass(frozen=True)
@@ -36,19 +34,29 @@ class Plan:
     grid: Grid
     sources: tuple[TileSource, ...]
     block_size: tuple[int, int]
-    window_size: tuple[int, int]
-    windows: tuple[Window, ...]  # only the windows that some input covers
-    output: OutputSpec
-    empty_windows: int  # windows no input covers: never read, left as nodata
+    output: OutputPlan  # the file, its windows, COG levels, quicklook, fingerprint
     staged: tuple[StagedFile, ...] = ()  # files decoded once into raw copies before windows are composed
     stage_units: tuple[StageUnit, ...] = ()
     independent: tuple[bool, ...] = ()  # per window: reads no staged copy (may start before staging ends)
     blocks_total: tuple[int, ...] = ()  # per source: blocks of its band files (and SCL when masking)
     staging_directory: str | None = None  # where the staged copies are (removed at the end)
-    writer_encodes_because: str | None = None  # None: workers encode whole output tiles; else why not
-    overview_levels: int = 0  # --cog: internal overview levels (see mpi_s2.output.overviews)
-    worker_overview_levels: int = 0  # --cog: levels 1 .. this one are encoded by the workers with the windows
-    fingerprint: dict | None = None  # what identifies the result (see mpi_s2.planning.fingerprint), rank 0 only
+
+    @property
+    def windows(self) -> tuple[Window, ...]:
+        return self.output.windows
+
+    @property
+    def window_size(self) -> tuple[int, int]:
+        return self.output.window_size
+
+    @property
+    def work(self) -> WorkPlan:
+        """What the scheduler hands out: staging units, then windows."""
+        return WorkPlan(self.output.windows, self.stage_units, self.independent, self.config.schedule)
+
+    def for_workers(self) -> Plan:
+        """The plan without its work lists, as rank 0 broadcasts it."""
+        return dataclasses.replace(self, output=self.output.without_windows(), stage_units=(), independent=())
 
 
 def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
@@ -89,24 +97,37 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
     return tiles
 
 
+def output_request(config: ComposeConfig) -> OutputRequest:
+    """What ``config`` asks of the output."""
+    return OutputRequest(config.output, band_count=config.band_count, profile=config.profile,
+                         creation_options=config.creation_options, window=config.window, cog=config.cog,
+                         quicklook=config.quicklook, quicklook_size=config.quicklook_size,
+                         overwrite=config.overwrite, resume=config.resume, inputs=config.input_paths)
+
+
 def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     """Check everything that can be checked before any pixel is read, and plan the run."""
-    check_output_path(config.output, overwrite=config.overwrite, inputs=config.input_paths)
-    if config.quicklook:
-        quicklook_format(config.quicklook)
-        check_output_path(config.quicklook, overwrite=config.overwrite, inputs=config.input_paths)
+    request = output_request(config)
+    check_output_request(request)
     if config.staging_dir and not (os.path.isdir(config.staging_dir) and os.access(config.staging_dir, os.W_OK)):
         raise OutputError(f"{config.staging_dir}: --staging-dir is not a writable directory")
     tiles = resolve_inputs(config)
-    grid, sources, block_size = layout_mosaic(tiles, config.crs, config.resampling)
-    options = creation_options(config.profile, config.creation_options, alpha=config.alpha)
-    validate_creation_options(config.output, options, config.band_count)
-    window_size = choose_window_size(block_size, grid.size, config.window)
-    levels = encoded_levels = 0
-    if config.cog:
-        window_size, levels, encoded_levels = plan_cog(config, options, window_size, grid.size)
-    all_windows = plan_windows(grid.size, window_size)
-    windows = tuple(w for w in all_windows if any(intersection(w, s.placement) for s in sources))
+    grid, placed, block_size = layout_mosaic(tiles, config.crs, config.resampling)
+    output = plan_output(request, grid, block_size, _metadata(config, placed),
+                         covers=lambda w: any(intersection(w, s.placement) for s in placed))
+    blocks_total = tuple(_blocks_total(s, config.cloud_mask) for s in placed)
+    sources, staged, units, staging = plan_staging(placed, output.window_size, config.output,
+                                                   cloud_mask=config.cloud_mask, parent=config.staging_dir,
+                                                   single_node=single_node)
+    copied = [s.placement for s, before in zip(sources, placed) if s != before]
+    independent = tuple(not any(intersection(w, p) for p in copied) for w in output.windows)
+    output = dataclasses.replace(output, fingerprint=_fingerprint(config, sources, output))
+    return Plan(config, grid, tuple(sources), block_size, output, staged=tuple(staged), stage_units=tuple(units),
+                independent=independent, blocks_total=blocks_total, staging_directory=staging)
+
+
+def _metadata(config: ComposeConfig, sources: list[TileSource]) -> dict[str, str]:
+    """The GDAL metadata of the output: the radiometric parameters and where each input's came from."""
     metadata = {
         "MPI_S2_MAX_REFLECTANCE": repr(config.max_reflectance),
         "MPI_S2_GAMMA": repr(config.gamma),
@@ -114,41 +135,19 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     }
     if config.cloud_mask:
         metadata["MPI_S2_MASKED_SCL_CLASSES"] = ",".join(map(str, config.mask_classes))
-    output = OutputSpec(config.output, grid, config.band_count, options, metadata)
-    blocks_total = tuple(_blocks_total(s, config.cloud_mask) for s in sources)
-    placed = sources
-    sources, staged, units, staging = plan_staging(sources, window_size, config.output,
-                                                   cloud_mask=config.cloud_mask, parent=config.staging_dir,
-                                                   single_node=single_node)
-    copied = [s.placement for s, before in zip(sources, placed) if s != before]
-    independent = tuple(not any(intersection(w, p) for p in copied) for w in windows)
-    plan = Plan(config, grid, tuple(sources), block_size, window_size, windows, output,
-                empty_windows=len(all_windows) - len(windows), staged=tuple(staged), stage_units=tuple(units),
-                independent=independent, blocks_total=blocks_total, staging_directory=staging,
-                writer_encodes_because=workers_can_compress(options, window_size, grid.size),
-                overview_levels=levels, worker_overview_levels=encoded_levels)
-    return dataclasses.replace(plan, fingerprint=run_fingerprint(plan))
+    return metadata
 
 
-def plan_cog(config: ComposeConfig, options: dict[str, str], window_size: tuple[int, int],
-             raster_size: tuple[int, int]) -> tuple[tuple[int, int], int, int]:
-    """Windows, overview levels and worker-encoded levels of a ``--cog`` run; :class:`OutputError` when the
-    options or ``--window`` cannot make one.
-
-    Without ``--window``, windows are rounded to whole output tiles (the nearest multiple, at least one).
-    """
-    if options.get("TILED", "NO").upper() not in ("YES", "TRUE", "ON", "1"):
-        raise OutputError(f"{config.output}: --cog needs a tiled output (got TILED={options.get('TILED')})")
-    tile = tile_size(options)
-    if config.window is None:
-        window_size = tuple(min(full, t * max(1, round(edge / t)))  # type: ignore[assignment]
-                            for edge, t, full in zip(window_size, tile, raster_size))
-    reason = workers_can_compress(options, window_size, raster_size)
-    if reason:
-        raise OutputError(f"{config.output}: --cog: {reason}")
-    levels = level_count(*raster_size, tile)
-    check_window_size(window_size, raster_size, levels)
-    return window_size, levels, worker_levels(window_size, raster_size, tile, levels)
+def _fingerprint(config: ComposeConfig, sources: list[TileSource], output: OutputPlan) -> dict:
+    """What identifies the result (see :mod:`mpi_s2.output.fingerprint`)."""
+    files = [path for source in sources for path in (*source.files, *([source.scl] if source.scl else []))]
+    files += [p for p in config.products if os.path.isfile(p)]  # the metadata a product's radiometry came from
+    radiometry = [[[s.offset, s.scale] for s in source.stretches] for source in sources]
+    options = {"max_reflectance": config.max_reflectance, "gamma": config.gamma,
+               "resolution": config.resolution, "cloud_mask": config.cloud_mask,
+               "mask_classes": list(config.mask_classes) if config.cloud_mask else None,
+               "crs": config.crs, "resampling": config.resampling, "alpha": config.alpha, "cog": config.cog}
+    return run_fingerprint(files, output, radiometry, options)
 
 
 def _blocks_total(source: TileSource, cloud_mask: bool) -> int:

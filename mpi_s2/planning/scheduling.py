@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from mpi_s2.planning.stage_plan import StageUnit
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 
 SCHEDULES = ("dynamic", "static")
 KIND_STAGE, KIND_WINDOW = 0, 1
@@ -64,6 +64,27 @@ def table_to_items(table: np.ndarray) -> list[tuple[WorkItem, StageUnit | Window
         else:
             out.append((WorkItem(kind, index), window))
     return out
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    """A run's work, as rank 0 hands it out: staging units first, then the windows (``independent``: per window,
+    whether it reads no staged copy and may start before staging ends), under a ``schedule`` policy."""
+
+    windows: tuple[Window, ...]
+    stage_units: tuple[StageUnit, ...] = ()
+    independent: tuple[bool, ...] = ()
+    schedule: str = "dynamic"
+
+    def scheduler(self, workers: Sequence[int], todo: list[int]) -> Scheduler:
+        """The scheduler of the windows ``todo``; staging is skipped when none of them reads a staged copy."""
+        independent = self.independent or (True,) * len(self.windows)
+        staging = len(self.stage_units) if not all(independent[i] for i in todo) else 0
+        return Scheduler(staging, independent, workers, self.schedule, windows=todo)
+
+    def table(self, items: Sequence[WorkItem]) -> np.ndarray:
+        """``items`` as rows of the int64 work table."""
+        return items_to_table(items, self.stage_units, self.windows)
 
 
 def contiguous_shares(n: int, parts: int) -> list[range]:

@@ -26,7 +26,7 @@ from osgeo import gdal
 from mpi_s2.errors import OutputError
 from mpi_s2.inputs.bands import Grid, inspect_mask
 from mpi_s2.planning.mosaic import TileSource
-from mpi_s2.planning.windows import Window, choose_window_size, plan_windows
+from mpi_s2.windows import Window, choose_window_size, plan_windows
 
 gdal.UseExceptions()
 

@@ -15,7 +15,8 @@ import sys
 from mpi_s2.scaling.markdown import report
 from mpi_s2.scaling.model import Cluster
 from mpi_s2.scaling.plot import plot
-from mpi_s2.scaling.study import INPUTS, LAUNCHERS, STUDIES, Study, StudyError, read_csv, run_study
+from mpi_s2.errors import StudyError
+from mpi_s2.scaling.study import INPUTS, LAUNCHERS, STUDIES, Study, read_csv, run_study
 
 
 def _ranks(text: str) -> list[int]:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mpi_s2.errors import StudyError
 from mpi_s2.scaling.model import WindowCosts, workers
 
 STUDIES = ("strong", "weak")
@@ -34,10 +35,6 @@ COLUMNS = ("study", "backend", "input", "ranks", "workers", "nodes", "cores_per_
            "windows", "repeats", "wall_s", "report_wall_s", "read_s", "compute_s", "encode_s", "worker_wait_s",
            "writer_write_s", "writer_wait_s", "hdf5_write_phase_s", "convert_s", "output_bytes", "max_rss_mb",
            "n_star", "speedup", "efficiency")
-
-
-class StudyError(RuntimeError):
-    """A run of the study failed: the message names the command and carries its stderr."""
 
 
 @dataclass

@@ -8,14 +8,14 @@
 #     it) and a hosts file from the state directory bind-mounted over /etc/hosts (mpirun resolves node names).
 #   - one munged in the root namespace, on a private socket and key in the state directory.
 # Usage:
-#   jobs/local-cluster.sh up [--nodes N] [--cpus C]   # N nodes (default 1), C CPUs declared per node
+#   tests/cluster/local-cluster.sh up [--nodes N] [--cpus C]   # N nodes (default 1), C CPUs declared per node
 #                                                     # (default max(nproc, 4)); waits until all are idle
-#   jobs/local-cluster.sh run COMMAND...              # a client (sbatch --wait ..., srun ..., squeue, sinfo)
+#   tests/cluster/local-cluster.sh run COMMAND...              # a client (sbatch --wait ..., srun ..., squeue, sinfo)
 #                                                     # in the controller's namespaces, from the current
 #                                                     # directory; exit status = the command's
-#   jobs/local-cluster.sh down                        # stop everything, delete namespaces and the state dir;
+#   tests/cluster/local-cluster.sh down                        # stop everything, delete namespaces and the state dir;
 #                                                     # idempotent; also cleans up after a killed `up`
-#   jobs/local-cluster.sh status                      # exit 0 and describe it when up, exit 1 when not
+#   tests/cluster/local-cluster.sh status                      # exit 0 and describe it when up, exit 1 when not
 # State directory: ${MPI_S2_CLUSTER_DIR:-/var/tmp/mpi_s2-cluster} (absolute; slurm.conf, munge socket/key/log,
 # controller state, per-node spool/TmpFS/pid/log files, jobcomp.txt). Only one cluster can be up at a time.
 # Outside it: the namespaces mpi_s2-ctl and mpi_s2-node*, and, for a state directory longer than 48 characters,
@@ -260,7 +260,7 @@ write_hosts() {
 write_conf() {
   local n=$1 cpus=$2 mem_mb=$3 k
   cat >"$CONF" <<EOF
-# Written by jobs/local-cluster.sh: a local test cluster of $n emulated node(s). Removed by 'down'.
+# Written by tests/cluster/local-cluster.sh: a local test cluster of $n emulated node(s). Removed by 'down'.
 # State directory $DIR$([ "$BASE" = "$DIR" ] || echo ", reached through $BASE (short unix socket paths)").
 ClusterName=mpi_s2
 SlurmctldHost=ctl($CTL_IP)
@@ -443,11 +443,11 @@ cmd_up() {
   [[ $cpus =~ ^[0-9]+$ ]] && [ "$cpus" -ge 1 ] || die 2 "--cpus must be a positive integer (got '$cpus')"
 
   if pid_from_file "$CTL_PID_FILE" slurmctld >/dev/null; then
-    die 1 "a cluster is already up in $DIR (jobs/local-cluster.sh down first)"
+    die 1 "a cluster is already up in $DIR (tests/cluster/local-cluster.sh down first)"
   fi
   local owner
   if owner=$(live_owner_dir) && [ "$owner" != "$DIR" ]; then
-    die 1 "a cluster from $owner is up (MPI_S2_CLUSTER_DIR=$owner jobs/local-cluster.sh down first)"
+    die 1 "a cluster from $owner is up (MPI_S2_CLUSTER_DIR=$owner tests/cluster/local-cluster.sh down first)"
   fi
   if [ -e "$DIR" ] && [ ! -f "$ENV_FILE" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
     die 1 "$DIR exists, is not empty and is not a local-cluster state directory"
@@ -479,7 +479,7 @@ cmd_up() {
   UP_DONE=1
   trap - EXIT INT TERM
   say "up: $n node$([ "$n" -eq 1 ] || echo s) ($(node_list "$n")), $cpus CPUs each, state in $DIR;" \
-    "run: jobs/local-cluster.sh run sbatch --wait ..."
+    "run: tests/cluster/local-cluster.sh run sbatch --wait ..."
 }
 
 # ---------------------------------------------------------------- run, down, status
@@ -503,7 +503,7 @@ cmd_run() {
   [ $# -gt 0 ] || die 2 "run needs a command (e.g. run sbatch --wait job.sh)"
   local pid
   pid=$(pid_from_file "$CTL_PID_FILE" slurmctld) ||
-    die 2 "no cluster is up in $DIR (jobs/local-cluster.sh up first)"
+    die 2 "no cluster is up in $DIR (tests/cluster/local-cluster.sh up first)"
   in_ctl_ns "$pid" "$@"
 }
 

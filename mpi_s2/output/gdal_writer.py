@@ -1,4 +1,5 @@
-"""The GeoTIFF writer: the one process that writes the output file.
+"""GDAL's GeoTIFF writer on the writer rank, for outputs whose tiles the workers cannot encode (JPEG, untiled,
+band-interleaved): the writer rank then receives raw windows and GDAL encodes them.
 
 GDAL cannot write one GeoTIFF from several processes, so exactly one rank owns the file. It is created under
 a temporary name in the output directory and renamed over the requested path only once complete, so a failed
@@ -8,9 +9,6 @@ run never leaves a half-written file under the name the user asked for.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Mapping
-
 import numpy as np
 from osgeo import gdal
 
@@ -18,97 +16,11 @@ from mpi_s2 import __version__
 from mpi_s2.output.free_space import full_disk_error
 from mpi_s2.errors import OutputError
 from mpi_s2.output.profiles import as_gdal_list
-from mpi_s2.inputs.bands import Grid
-from mpi_s2.planning.windows import Window
+from mpi_s2.output.paths import partial_path, remove_partial
+from mpi_s2.output.plan import OutputSpec
+from mpi_s2.windows import Window
 
 gdal.UseExceptions()
-
-
-def partial_path(output: str) -> str:
-    """Where the output is written until it is complete (same directory, so the rename is atomic)."""
-    head, tail = os.path.split(output)
-    return os.path.join(head, f".{tail}.partial")
-
-
-def check_output_path(output: str, *, overwrite: bool, inputs: tuple[str, ...] = ()) -> None:
-    """Raise :class:`OutputError` when ``output`` cannot or must not be written."""
-    directory = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(directory):
-        raise OutputError(f"{output}: output directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise OutputError(f"{output}: output directory {directory} is not writable")
-    if os.path.isdir(output):
-        raise OutputError(f"{output}: is a directory")
-    real_out = os.path.realpath(output)
-    for path in inputs:
-        if os.path.realpath(path) == real_out:
-            raise OutputError(f"{output}: output would overwrite the input {path}")
-    if os.path.exists(output) and not overwrite:
-        raise OutputError(f"{output}: already exists (use --overwrite to replace it)")
-
-
-def validate_creation_options(output: str, options: Mapping[str, str], band_count: int) -> None:
-    """Raise :class:`OutputError` when GDAL rejects a creation option.
-
-    GDAL only warns about an unknown option or value and then ignores it; a typo would silently give another
-    file than asked for. A tiny in-memory file is created with the options and every warning is an error.
-    """
-    warnings: list[str] = []
-
-    def collect(err_class, err_no, message):
-        if err_class >= gdal.CE_Warning:
-            warnings.append(message)
-
-    probe = f"/vsimem/mpi_s2_validate_{os.getpid()}.tif"
-    gdal.PushErrorHandler(collect)
-    try:
-        ds = gdal.GetDriverByName("GTiff").Create(probe, 16, 16, band_count, gdal.GDT_Byte,
-                                                  options=as_gdal_list(options))
-        del ds  # closes the probe file
-    except RuntimeError as exc:
-        warnings.append(str(exc))
-    finally:
-        gdal.PopErrorHandler()
-        gdal.Unlink(probe)
-    if warnings:
-        raise OutputError(f"{output}: invalid creation option: {warnings[0].strip()}")
-
-
-#: Scratch files beside the temporary output: a COG's tiles and coarse levels, the journal of a resumable run
-#: (see mpi_s2.output.tiff_assembly).
-SPOOL_KINDS = ("tiles", "levels", "journal", "kept")  # kept: the note that a failed run was kept was printed
-
-
-def spool_path(output: str, kind: str) -> str:
-    """A scratch file of the run writing ``output``, beside its temporary file: ``.NAME.partial.KIND``."""
-    assert kind in SPOOL_KINDS
-    return f"{partial_path(output)}.{kind}"
-
-
-def partial_run_exists(output: str) -> bool:
-    """Whether a journal of a partial run of ``output`` is there (``--resume`` can continue it)."""
-    return os.path.exists(spool_path(output, "journal"))
-
-
-def remove_partial(output: str, keep: tuple[str, ...] = ()) -> None:
-    """Best-effort removal of the temporary file of ``output`` and its scratch files (used when a run fails),
-    but for the spool kinds in ``keep``."""
-    for path in (partial_path(output), *(spool_path(output, kind) for kind in SPOOL_KINDS if kind not in keep)):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """Everything the writer needs to create the output file."""
-
-    path: str
-    grid: Grid
-    band_count: int  # 3 (RGB) or 4 (RGBA)
-    creation_options: Mapping[str, str]
-    metadata: Mapping[str, str]
 
 
 class GeoTiffWriter:

@@ -1,4 +1,5 @@
-"""Planning windows: how a raster is cut into rectangles that ranks process independently.
+"""Windows and tiles, the value types every part shares: how a raster is cut into rectangles that ranks process
+independently (windows), and how the output file is cut into tiles (:class:`TileLayout`).
 
 Pure logic, no MPI and no GDAL. A :class:`Window` is a small immutable value; a plan is a list of them in
 row-major order that covers the raster exactly once. Windows are aligned with the source's block grid so that
@@ -8,7 +9,9 @@ smaller, nothing is padded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
 from mpi_s2.errors import WindowError
 
 #: Default target edge length of a window, in pixels (the actual size is a multiple of the block size).
@@ -121,3 +124,34 @@ def intersection(a: Window, b: Window) -> Window | None:
 def relative_to(inner: Window, outer: Window) -> Window:
     """``inner`` in the pixel coordinates of ``outer`` (whose upper-left corner becomes 0, 0)."""
     return Window(inner.col_off - outer.col_off, inner.row_off - outer.row_off, inner.width, inner.height)
+
+
+@dataclass(frozen=True, slots=True)
+class TileLayout:
+    """The output's tiling: tile edge and tiles across and down."""
+
+    width: int
+    height: int
+    tile: tuple[int, int]
+
+    @property
+    def across(self) -> int:
+        return -(-self.width // self.tile[0])
+
+    @property
+    def down(self) -> int:
+        return -(-self.height // self.tile[1])
+
+    @property
+    def count(self) -> int:
+        return self.across * self.down
+
+    def index(self, tx: int, ty: int) -> int:
+        """Row-major tile number, as TIFF's TileOffsets are ordered."""
+        return ty * self.across + tx
+
+
+def tile_size(options: Mapping[str, str]) -> tuple[int, int]:
+    return (int(options.get("BLOCKXSIZE", 256)), int(options.get("BLOCKYSIZE", options.get("BLOCKXSIZE", 256))))
+
+

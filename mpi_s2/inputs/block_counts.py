@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 
 
 def blocks_of(window: Window, block_size: tuple[int, int]) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Rendering one output window: read the sources that cover it, apply their lookup tables, compose.
+"""Composing one output window (a worker's job): read the sources that cover it, apply their lookup tables.
 
 Where sources overlap, the first valid pixel in input order wins. A pixel is valid in a source where none of
 its three bands is the nodata DN and, with cloud masking, its scene class is not masked. The output is 0 in
@@ -15,11 +15,11 @@ from mpi_s2.planning.mosaic import TileSource
 from mpi_s2.pixels.radiometry import render_window, valid_mask
 from mpi_s2.report import RankStats
 from mpi_s2.inputs.bands import TileReader
-from mpi_s2.inputs.decoding import DecodeCounter
-from mpi_s2.planning.windows import Window, intersection, relative_to
+from mpi_s2.inputs.block_counts import DecodeCounter
+from mpi_s2.windows import Window, intersection, relative_to
 
 
-class WindowRenderer:
+class WindowComposer:
     def __init__(self, sources: Sequence[TileSource], luts: np.ndarray, *, alpha: bool,
                  mask_lut: np.ndarray | None, max_pixels: int, counter: DecodeCounter | None = None):
         self.sources = list(sources)

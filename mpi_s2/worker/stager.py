@@ -19,7 +19,7 @@ from osgeo import gdal
 
 from mpi_s2.errors import OutputError
 from mpi_s2.inputs.bands import TileReader
-from mpi_s2.inputs.decoding import DecodeCounter
+from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit
 
 gdal.UseExceptions()

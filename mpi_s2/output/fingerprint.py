@@ -14,6 +14,7 @@ from typing import Any
 from osgeo import gdal
 
 from mpi_s2.errors import InputError
+from mpi_s2.output.plan import OutputPlan
 
 
 def file_identity(path: str) -> list[Any]:
@@ -30,29 +31,19 @@ def file_identity(path: str) -> list[Any]:
     return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
 
-def run_fingerprint(plan) -> dict[str, Any]:
-    """The fingerprint of ``plan`` (a :class:`~mpi_s2.planning.plan.Plan`), JSON-serialisable."""
-    config = plan.config
-    files = []
-    for source in plan.sources:
-        for path in (*source.files, *([source.scl] if source.scl else [])):
-            files.append(file_identity(path))
-    for product in config.products:  # the metadata a product's radiometry came from
-        if os.path.isfile(product):
-            files.append(file_identity(product))
+def run_fingerprint(files: list[str], output: OutputPlan, radiometry: list[list[list[float]]],
+                    options: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint of a run reading ``files`` into ``output``, with per-source ``[offset, scale]`` per band
+    and the pixel-changing ``options``; JSON-serialisable."""
+    grid = output.spec.grid
     fingerprint = {
-        "inputs": files,
-        "grid": {"size": list(plan.grid.size), "geotransform": list(plan.grid.geotransform),
-                 "crs_wkt": plan.grid.crs_wkt},
-        "window_size": list(plan.window_size),
-        "windows": len(plan.windows),
-        "radiometry": [[[s.offset, s.scale] for s in source.stretches] for source in plan.sources],
-        "options": {"max_reflectance": config.max_reflectance, "gamma": config.gamma,
-                    "resolution": config.resolution, "cloud_mask": config.cloud_mask,
-                    "mask_classes": list(config.mask_classes) if config.cloud_mask else None,
-                    "crs": config.crs, "resampling": config.resampling, "alpha": config.alpha,
-                    "cog": config.cog},
-        "creation_options": dict(sorted(plan.output.creation_options.items())),
+        "inputs": [file_identity(path) for path in files],
+        "grid": {"size": list(grid.size), "geotransform": list(grid.geotransform), "crs_wkt": grid.crs_wkt},
+        "window_size": list(output.window_size),
+        "windows": len(output.windows),
+        "radiometry": radiometry,
+        "options": options,
+        "creation_options": dict(sorted(output.spec.creation_options.items())),
     }
     return json.loads(json.dumps(fingerprint))  # plain JSON types, as they read back from a file
 

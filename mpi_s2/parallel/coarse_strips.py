@@ -17,10 +17,10 @@ from mpi4py import MPI
 
 from mpi_s2.errors import MpiS2Error
 from mpi_s2.output.tiff_assembly import TiffAssembler
-from mpi_s2.output.tiles import unpack_tiles
-from mpi_s2.output.window_encoding import WindowEncoder
+from mpi_s2.output.tile_encoding import WindowEncoder
+from mpi_s2.output.tile_messages import HEADER_BYTES, tile_message, unpack_tiles
 from mpi_s2.parallel.roles import WRITER_RANK
-from mpi_s2.parallel.transport import HEADER_BYTES, tile_message, wait_for_message
+from mpi_s2.parallel.transport import wait_for_message
 from mpi_s2.report import RankStats
 
 STRIP_TAG = 15

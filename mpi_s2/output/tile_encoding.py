@@ -13,58 +13,20 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 from osgeo import gdal
 
 from mpi_s2.output.profiles import as_gdal_list
-from mpi_s2.planning.windows import Window
+from mpi_s2.output.overviews import level_size, level_window, reduce_window
+from mpi_s2.output.tile_messages import RAW_PIECE, TileEntry
+from mpi_s2.windows import TileLayout, Window, tile_size
 
 gdal.UseExceptions()
 
 #: Codecs a worker may encode: their tiles need nothing from the file but the tile (JPEG, for one, does).
 WORKER_CODECS = ("NONE", "DEFLATE", "LZW", "ZSTD")
-#: Classic TIFF addresses 4 GiB; what may pass it (pixels, plus the worst case of a codec's expansion and the
-#: tile index) is written as BigTIFF.
-CLASSIC_TIFF_LIMIT = 1 << 32
-
-#: The tile number of a raw (not encoded) piece of a coarse overview level, placed by the writer.
-RAW_PIECE = -1
-
-#: One entry of a window's message: (overview level, 0 for full resolution; tile number or RAW_PIECE; bytes).
-TileEntry = tuple[int, int, "bytes | np.ndarray"]
-
 _counter = itertools.count()
-
-
-@dataclass(frozen=True, slots=True)
-class TileLayout:
-    """The output's tiling: tile edge and tiles across and down."""
-
-    width: int
-    height: int
-    tile: tuple[int, int]
-
-    @property
-    def across(self) -> int:
-        return -(-self.width // self.tile[0])
-
-    @property
-    def down(self) -> int:
-        return -(-self.height // self.tile[1])
-
-    @property
-    def count(self) -> int:
-        return self.across * self.down
-
-    def index(self, tx: int, ty: int) -> int:
-        """Row-major tile number, as TIFF's TileOffsets are ordered."""
-        return ty * self.across + tx
-
-
-def tile_size(options: Mapping[str, str]) -> tuple[int, int]:
-    return (int(options.get("BLOCKXSIZE", 256)), int(options.get("BLOCKYSIZE", options.get("BLOCKXSIZE", 256))))
 
 
 def workers_can_compress(options: Mapping[str, str], window_size: tuple[int, int],
@@ -84,28 +46,6 @@ def workers_can_compress(options: Mapping[str, str], window_size: tuple[int, int
     if (window_size[0] % tx and window_size[0] < full[0]) or (window_size[1] % ty and window_size[1] < full[1]):
         return f"windows of {window_size[0]} x {window_size[1]} are not whole {tx} x {ty} tiles"
     return None
-
-
-def needs_bigtiff(width: int, height: int, bands: int, options: Mapping[str, str], levels: int = 0) -> bool:
-    """BIGTIFF=YES/NO as asked; otherwise BigTIFF whenever the file may pass 4 GiB, compressed or not.
-
-    A compressed tile may come out larger than raw (incompressible pixels): DEFLATE, LZW and ZSTD stay within
-    1 % plus a few bytes, which the bound adds, with the tile index and the header's room. ``levels`` overview
-    levels (each half the size of the previous) count too.
-    """
-    asked = options.get("BIGTIFF", "IF_SAFER").upper()
-    if asked in ("YES", "TRUE", "ON"):
-        return True
-    if asked in ("NO", "FALSE", "OFF"):
-        return False
-    tx, ty = tile_size(options)
-    tiles = 0
-    for level in range(levels + 1):
-        factor = 1 << level
-        tiles += TileLayout(-(-width // factor), -(-height // factor), (tx, ty)).count
-    raw = tiles * tx * ty * bands  # edge tiles are stored whole
-    worst = raw + raw // 100 + tiles * (64 + 16) + (levels + 1) * 4096 + (1 << 20)
-    return worst >= CLASSIC_TIFF_LIMIT
 
 
 class TileEncoder:
@@ -166,29 +106,32 @@ class TileEncoder:
         return tiles
 
 
-def pack_tiles(tiles: list[TileEntry], header_bytes: int = 0) -> np.ndarray:
-    """A window's tiles as one uint8 message: ``header_bytes`` left for the caller, an int64 index
-    ``[count, (level, tile number, size)...]``, then the bytes; each tile is copied once."""
-    views = [memoryview(data).cast("B") for _, _, data in tiles]
-    index_bytes = 8 * (1 + 3 * len(tiles))
-    message = np.empty(header_bytes + index_bytes + sum(len(v) for v in views), dtype=np.uint8)
-    index = message[header_bytes: header_bytes + index_bytes].view(np.int64)
-    index[0] = len(tiles)
-    pos = header_bytes + index_bytes
-    for k, ((level, number, _), view) in enumerate(zip(tiles, views)):
-        index[1 + 3 * k: 4 + 3 * k] = (level, number, len(view))
-        message[pos: pos + len(view)] = np.frombuffer(view, dtype=np.uint8)
-        pos += len(view)
-    return message
 
 
-def unpack_tiles(message: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
-    """Inverse of :func:`pack_tiles` for a message holding the index then the bytes (after any header); the
-    bytes are views into ``message``."""
-    count = int(message[:8].view(np.int64)[0])
-    index = message[8: 8 + 24 * count].view(np.int64).reshape(count, 3)
-    out, pos = [], 8 + 24 * count
-    for level, number, size in index.tolist():
-        out.append((level, number, message[pos: pos + size]))
-        pos += size
-    return out
+class WindowEncoder:
+    """Encodes windows of an output of ``size`` (width, height) with ``levels`` overview levels, of which the
+    first ``encoded_levels`` are encoded here."""
+
+    def __init__(self, options: Mapping[str, str], size: tuple[int, int], bands: int, levels: int = 0,
+                 encoded_levels: int = 0):
+        tile = tile_size(options)
+        self.levels, self.encoded_levels = levels, encoded_levels
+        self.sizes = [level_size(*size, level) for level in range(levels + 1)]
+        self._encoders = [TileEncoder(options, TileLayout(*self.sizes[level], tile), bands, level)
+                          for level in range(levels + 1)]
+
+    def encode(self, window: Window, block: np.ndarray, timers=None) -> list[TileEntry]:
+        """Entries for ``window``'s composed ``(bands, rows, cols)`` block."""
+        entries = self._encoders[0].encode(window, block)
+        for level, share in enumerate(reduce_window(block, self.levels), start=1):
+            if level <= self.encoded_levels:
+                entries += self._encoders[level].encode(level_window(window, level), share)
+            else:
+                entries.append((level, RAW_PIECE, share))
+        return entries
+
+    def encode_strip(self, level: int, row: int, block: np.ndarray) -> list[TileEntry]:
+        """Tiles of a full-width strip of a coarse ``level``, whole tile rows starting at ``row``."""
+        return self._encoders[level].encode(Window(0, row, block.shape[2], block.shape[1]), block)
+
+

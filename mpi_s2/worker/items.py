@@ -3,34 +3,34 @@ copy, or fill a window's block (composed from the inputs, or read from another s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
+from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.inputs.cloudmask import invalid_class_lut
-from mpi_s2.inputs.decoding import DecodeCounter
-from mpi_s2.inputs.stager import Stager
-from mpi_s2.pixels.render import WindowRenderer
 from mpi_s2.planning.plan import Plan
 from mpi_s2.planning.scheduling import KIND_STAGE
-from mpi_s2.planning.stage_plan import StageUnit
-from mpi_s2.planning.windows import Window
+from mpi_s2.planning.stage_plan import StagedFile, StageUnit
 from mpi_s2.report import RankStats
+from mpi_s2.windows import Window
+from mpi_s2.worker.compose import WindowComposer
+from mpi_s2.worker.stager import Stager
 
 
 class WindowSource(Protocol):
-    """What fills a window's block: the inputs composed (WindowRenderer), or an HDF5 file read back."""
+    """What fills a window's block: the inputs composed (:class:`WindowComposer`), or an HDF5 file read back."""
 
     def render(self, window: Window, block: np.ndarray, stats: RankStats) -> None: ...
 
 
 class ItemWorker:
-    """A worker's tools, made on first use: the stager of staging units and the window source."""
+    """A worker's tools: the stager of staging units (made on first use) and the window source."""
 
-    def __init__(self, plan: Plan, luts: np.ndarray, stats: RankStats, counter: DecodeCounter,
-                 source: WindowSource | None = None):
-        self.plan, self.luts, self.stats, self.counter = plan, luts, stats, counter
-        self._source = source
+    def __init__(self, source: WindowSource, stats: RankStats, counter: DecodeCounter,
+                 staged: Sequence[StagedFile] = ()):
+        self.source, self.stats, self.counter, self.staged = source, stats, counter, staged
         self._stager: Stager | None = None
 
     def take(self, kind: int, what: StageUnit | Window) -> Window | None:
@@ -44,7 +44,7 @@ class ItemWorker:
 
     def stage(self, unit: StageUnit) -> None:
         """Decode the unit's blocks once into the raw copy of its file."""
-        self._stager = self._stager or Stager(self.plan.staged, self.counter)
+        self._stager = self._stager or Stager(self.staged, self.counter)
         read_s, write_s = self._stager.stage(unit)
         self.stats.seconds["read"] += read_s
         self.stats.seconds["write"] += write_s
@@ -59,12 +59,15 @@ class ItemWorker:
 
     def fill(self, window: Window, block: np.ndarray) -> None:
         """Fill ``block`` (``(bands, rows, cols)``) with ``window``'s pixels."""
-        if self._source is None:
-            config = self.plan.config
-            mask_lut = invalid_class_lut(config.mask_classes) if config.cloud_mask else None
-            self._source = WindowRenderer(self.plan.sources, self.luts, alpha=config.alpha, mask_lut=mask_lut,
-                                          max_pixels=self.plan.window_size[0] * self.plan.window_size[1],
-                                          counter=self.counter)
-        self._source.render(window, block, self.stats)
+        self.source.render(window, block, self.stats)
         self.stats.windows += 1
         self.stats.pixels += window.size
+
+
+def compose_worker(plan: Plan, luts: np.ndarray, stats: RankStats, counter: DecodeCounter) -> ItemWorker:
+    """The worker of a compose run: windows composed from ``plan``'s sources with the broadcast ``luts``."""
+    config = plan.config
+    composer = WindowComposer(plan.sources, luts, alpha=config.alpha,
+                              mask_lut=invalid_class_lut(config.mask_classes) if config.cloud_mask else None,
+                              max_pixels=plan.output.max_pixels, counter=counter)
+    return ItemWorker(composer, stats, counter, plan.staged)

@@ -4,7 +4,7 @@ A window's share of a coarse overview level (smaller than a tile: level 2 of a 1
 256 px) arrives raw from the worker that composed it (:mod:`mpi_s2.output.overviews`) and is placed here, in a
 zero-filled scratch file beside the output (``.NAME.partial.levels``, memory-mapped, so the writer's memory does
 not grow with the mosaic). Once every window is in, the levels are cut into strips of one tile row that the
-workers encode (:mod:`mpi_s2.parallel.coarse_levels`). The file is flushed with the tiles before the journal
+workers encode (:mod:`mpi_s2.parallel.coarse_strips`). The file is flushed with the tiles before the journal
 names a window, so that a resumed run finds the shares of the windows it reuses.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from mpi_s2.errors import OutputError
 from mpi_s2.output.overviews import level_window
-from mpi_s2.planning.windows import Window
+from mpi_s2.windows import Window
 
 
 class CoarseLevels:

@@ -1,0 +1,177 @@
+"""The compose job: each rank plays its role(s) on one communicator.
+
+1. The planner (rank 0) inspects inputs and plans; the plan (metadata only) is broadcast and the lookup
+   tables are broadcast as one uint8 buffer, so every rank applies the very same tables.
+2. The output stage (:mod:`mpi_s2.parallel.output_stage`) then runs the windows: rank 0 scatters each worker's
+   first batch of work definitions (staging units, then output windows), workers compose and encode them, and
+   the writer (rank 0 again) places the tiles and renames the file into place once complete. The HDF5 backend
+   (:mod:`mpi_s2.parallel.hdf5_backend`) writes the windows collectively to an HDF5 file first, then converts it.
+3. Rank 0 gathers every rank's accounting into the run report.
+A one-rank job runs the same worker loop and hands work items and windows over directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import numpy as np
+from mpi4py import MPI
+
+from mpi_s2.config import ComposeConfig
+from mpi_s2.errors import CollectiveFailure, MpiS2Error
+from mpi_s2.inputs.block_counts import DecodeCounter, merge_counts
+from mpi_s2.parallel import termination
+from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
+from mpi_s2.parallel.hdf5_backend import compose_via_hdf5
+from mpi_s2.parallel.leftovers import clean_up, disk_full, forget_note, on_signal_cleanup
+from mpi_s2.parallel.output_stage import open_output, write_output
+from mpi_s2.parallel.progress import Progress
+from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
+from mpi_s2.pixels.radiometry import LUT_SIZE
+from mpi_s2.planning.plan import Plan, make_plan, plan_luts
+from mpi_s2.planning.stage_plan import remove_staging
+from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.text import plural
+from mpi_s2.worker.items import compose_worker
+
+log = logging.getLogger("mpi_s2")
+
+
+def broadcast_plan(comm: MPI.Comm, roles: Roles, config: ComposeConfig, single_node: bool = False) -> Plan:
+    """Plan on rank 0 and broadcast it without the work lists (workers get their work by scatter and request).
+
+    An input error found while planning is broadcast too, and raised on every rank as a
+    :class:`CollectiveFailure`, so the job ends cleanly with one message and no abort.
+    """
+    outcome: Plan | MpiS2Error | None = None
+    if roles.is_planner:
+        try:
+            outcome = make_plan(config, single_node)
+        except MpiS2Error as exc:
+            outcome = exc
+    shared = comm.bcast(outcome.for_workers() if isinstance(outcome, Plan) else outcome, root=PLANNER_RANK)
+    if isinstance(shared, MpiS2Error):
+        raise CollectiveFailure(shared)
+    assert isinstance(shared, Plan)
+    return outcome if roles.is_planner else shared  # type: ignore[return-value]
+
+
+def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> np.ndarray:
+    """The planner's ``(n_sources, 3, 65536)`` lookup tables on every rank (one ``Bcast`` of a uint8 buffer)."""
+    luts = plan_luts(plan) if roles.is_planner else np.empty((len(plan.sources), 3, LUT_SIZE), dtype=np.uint8)
+    comm.Bcast([luts, MPI.UINT8_T], root=PLANNER_RANK)
+    return luts
+
+
+def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
+    """Run the compose job on ``comm``. Returns the run report on rank 0, ``None`` elsewhere."""
+    start = time.perf_counter()
+    roles = Roles(comm.rank, comm.size)
+    stats = RankStats(comm.rank, roles.describe())
+    counter = DecodeCounter()
+    threads, nodes = decoder_threads(comm, roles)
+    stats.decoder_threads = threads
+    writer = comm.bcast((socket.gethostname(), os.getpid()), root=WRITER_RANK) if comm.size > 1 else None
+    preview: tuple[int, int] | None = None
+    with config_options(rank_options(threads)):
+        plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
+        hdf5: dict[str, Any] = {}
+        first_worker = not roles.is_writer and comm.rank == min(roles.worker_ranks)
+        forget_cleanup = termination.on_signal(on_signal_cleanup(plan, roles.is_writer, first_worker,
+                                                                 writer or ("", 0)))
+        try:
+            luts = broadcast_luts(comm, roles, plan)
+            worker = compose_worker(plan, luts, stats, counter) if roles.is_worker else None
+            if config.backend == "hdf5":
+                progress = Progress(len(plan.windows), enabled=config.progress and roles.is_writer)
+                todo, preview = compose_via_hdf5(comm, roles, plan, worker, stats, progress, hdf5)
+            else:
+                assembler = open_output(comm, roles, plan.output)
+                if roles.is_writer:
+                    forget_note(config.output)  # this attempt starts: its failure is noted again
+                todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
+                progress = Progress(len(todo), enabled=config.progress and roles.is_writer)
+                preview = write_output(comm, roles, plan.output, plan.work, worker, stats, progress, assembler,
+                                       todo)
+        except CollectiveFailure:
+            remove_staging(plan.staging_directory)
+            raise  # before anything was written (a resume that does not match: nothing touched)
+        except BaseException as exc:
+            full = disk_full(plan, exc)
+            clean_up(plan, full or exc)
+            if full:
+                raise full from exc
+            raise
+        finally:
+            forget_cleanup()
+    ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
+    if not roles.is_planner:
+        return None
+    remove_staging(plan.staging_directory)
+    wall = time.perf_counter() - start
+    decodes = merge_counts([rank.pop("decode") for rank in ranks])
+    report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
+    report["windows_reused"] = len(plan.windows) - len(todo)
+    report["windows_computed"] = len(todo)
+    report["backend"] = config.backend
+    if hdf5:
+        report["hdf5"] = hdf5
+    if config.quicklook and preview is not None:
+        report["quicklook"] = {"path": config.quicklook, "size": list(preview)}
+    if config.report:
+        write_report(config.report, report)
+    log.info("wrote %s (%d x %d, %s, %s) in %.1f s", config.output, plan.grid.width, plan.grid.height,
+             plural(len(plan.windows), "window"), plural(comm.size, "rank"), wall)
+    return report
+
+
+def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, dict[str, int]]) -> dict[str, Any]:
+    out = plan.output
+    return {
+        "output": config.output,
+        "inputs": [_describe_source(plan, i, decodes.get(i, {"decoded": 0, "distinct": 0}))
+                   for i in range(len(plan.sources))],
+        "size": list(plan.grid.size),
+        "geotransform": list(plan.grid.geotransform),
+        "window_size": list(out.window_size),
+        "block_size": list(plan.block_size),
+        "windows": len(out.windows),
+        "empty_windows_skipped": out.empty_windows,
+        "stage_units": len(plan.stage_units),
+        "staging_directory": plan.staging_directory,
+        "schedule": config.schedule,
+        "pixels": plan.grid.width * plan.grid.height,
+        "mpi_ranks": size,
+        "max_reflectance": config.max_reflectance,
+        "gamma": config.gamma,
+        "cloud_mask_classes": list(config.mask_classes) if config.cloud_mask else None,
+        "resampling": config.resampling if any(s.reprojected for s in plan.sources) else None,
+        "overlap_rule": "first valid pixel in input order",
+        "alpha": config.alpha,
+        "creation_options": dict(out.spec.creation_options),
+        "cog": {"overview_levels": out.overview_levels, "levels_encoded_with_windows": out.worker_overview_levels}
+        if config.cog else None,
+        "tiles_encoded_by": ("workers" if out.writer_encodes_because is None and size > 1
+                             else "the one rank" if out.writer_encodes_because is None
+                             else f"writer: {out.writer_encodes_because}"),
+    }
+
+
+def _describe_source(plan: Plan, i: int, blocks: dict[str, int]) -> dict[str, Any]:
+    source = plan.sources[i]
+    return {
+        "input": source.label,
+        "files": {"red": source.files[0], "green": source.files[1], "blue": source.files[2], "scl": source.scl},
+        "placement": dataclasses.asdict(source.placement),
+        "reprojected": source.reprojected,
+        "staged": [f.original for f in plan.staged if f.original in (*source.files, source.scl)],
+        "blocks": {"total": plan.blocks_total[i], **blocks},
+        "radiometry": {band: {"offset": s.offset, "quantification": s.scale}
+                       for band, s in zip(("B04", "B03", "B02"), source.stretches)},
+        "radiometry_note": source.radiometry_note,
+    }

@@ -1,0 +1,331 @@
+"""The output stage both backends and ``mpi-s2 convert`` share: windows scheduled by rank 0, filled by the
+workers (composed from the inputs, or read back from an HDF5 file), encoded into whole output tiles by the
+workers, and placed into the file by the writer rank, which renames it into place once complete.
+
+It is driven by one explicit :class:`~mpi_s2.output.plan.OutputPlan` (the file, windows, COG levels, quicklook,
+resume) and a :class:`~mpi_s2.planning.scheduling.WorkPlan`; it never reads the user's configuration.
+
+* Multi-rank: rank 0 scatters each worker's first batch, then answers requests for more while it receives the
+  windows' messages (:func:`receive_windows`) and places them (:func:`run_writer`). Workers run
+  :func:`run_worker`. For ``--cog``, the coarse overview levels are encoded by the workers at the end
+  (:mod:`mpi_s2.parallel.coarse_strips`).
+* One rank: the same worker loop and scheduler, with work items and windows handed over directly (no MPI).
+* Outputs whose tiles the workers cannot encode (JPEG, untiled, band-interleaved) travel raw and GDAL's writer
+  encodes them on the writer rank (:class:`~mpi_s2.output.gdal_writer.GeoTiffWriter`); such runs keep no journal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+from mpi4py import MPI
+
+from mpi_s2 import faults
+from mpi_s2.errors import MpiS2Error, OutputError
+from mpi_s2.output.gdal_writer import GeoTiffWriter
+from mpi_s2.output.plan import OutputPlan
+from mpi_s2.output.quicklook import write_quicklook
+from mpi_s2.output.tiff_assembly import TiffAssembler
+from mpi_s2.output.tile_encoding import WindowEncoder
+from mpi_s2.output.tile_messages import HEADER_BYTES, message_buffer, pack_block, tile_message, unpack_tiles
+from mpi_s2.parallel.coarse_strips import encode_strips, encode_strips_here, serve_strips
+from mpi_s2.parallel.progress import Progress
+from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
+from mpi_s2.parallel.runtime import fail_together
+from mpi_s2.parallel.transport import (BLOCK_TAG, PROGRESS_TAG, REQUEST_TAG, SLOTS, BatchSender, BlockReceiver,
+                                       BlockSender, WorkRequests, receive_count, scatter_batches, wait_for_message)
+from mpi_s2.planning.scheduling import KIND_STAGE, Scheduler, WorkItem, WorkPlan, table_to_items
+from mpi_s2.planning.stage_plan import StageUnit
+from mpi_s2.report import RankStats
+from mpi_s2.windows import Window
+from mpi_s2.worker.items import ItemWorker
+
+Batch = list[tuple[WorkItem, "StageUnit | Window"]]
+
+
+class BlockSink(Protocol):
+    """Where a worker's windows go: to the writer rank (:class:`~mpi_s2.parallel.transport.BlockSender`), or
+    straight into the file in a one-rank job."""
+
+    def acquire(self, slot: int) -> None: ...
+    def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None: ...
+    def close(self) -> None: ...
+
+
+class GdalSink:
+    """One-rank job whose tiles GDAL encodes: blocks go straight into GDAL's writer."""
+
+    def __init__(self, out: OutputPlan, writer: GeoTiffWriter, stats: RankStats, progress: Progress):
+        self.windows, self.writer, self.stats, self.progress = out.windows, writer, stats, progress
+        self.done = 0
+
+    def acquire(self, slot: int) -> None:
+        pass
+
+    def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
+        with self.stats.timer("write"):
+            self.writer.write(self.windows[index], block)
+        self.done += 1
+        self.progress.update(self.done)
+
+    def close(self) -> None:
+        pass
+
+
+class AssemblerSink:
+    """One-rank job: encoded windows go straight into the assembler."""
+
+    def __init__(self, assembler: TiffAssembler, stats: RankStats, progress: Progress):
+        self.assembler, self.stats, self.progress = assembler, stats, progress
+        self.done = 0
+
+    def acquire(self, slot: int) -> None:
+        pass
+
+    def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
+        with self.stats.timer("write"):
+            self.assembler.add(index, unpack_tiles(message[HEADER_BYTES:]))
+        self.done += 1
+        self.progress.update(self.done)
+
+    def close(self) -> None:
+        pass
+
+
+class WorkFeed(Protocol):
+    """Where a worker's next batch comes from."""
+
+    def ask(self, staged_done: int) -> None: ...
+    def report(self, staged_done: int) -> None: ...
+    def next(self, staged_done: int) -> Batch: ...
+
+
+class MpiFeed:
+    """Batches from rank 0, asked for ahead (see :class:`~mpi_s2.parallel.transport.WorkRequests`)."""
+
+    def __init__(self, comm: MPI.Comm):
+        self.requests = WorkRequests(comm, WRITER_RANK)
+
+    def ask(self, staged_done: int) -> None:
+        self.requests.ask(staged_done)
+
+    def report(self, staged_done: int) -> None:
+        self.requests.report(staged_done)
+
+    def next(self, staged_done: int) -> Batch:
+        return table_to_items(self.requests.next(staged_done))
+
+
+class LocalFeed:
+    """One-rank job: batches straight from the scheduler, as work items (no table in between)."""
+
+    def __init__(self, work: WorkPlan, scheduler: Scheduler):
+        self.work, self.scheduler = work, scheduler
+
+    def first(self) -> Batch:
+        return self._resolve(self.scheduler.first_batches()[0])
+
+    def ask(self, staged_done: int) -> None:
+        pass
+
+    def report(self, staged_done: int) -> None:
+        pass
+
+    def next(self, staged_done: int) -> Batch:
+        self.scheduler.request(0, staged_done)
+        (_, items), = self.scheduler.replies()
+        return self._resolve(items)
+
+    def _resolve(self, items: list[WorkItem]) -> Batch:
+        return [(item, self.work.stage_units[item.index] if item.kind == KIND_STAGE else self.work.windows[item.index])
+                for item in items]
+
+
+def window_encoder(out: OutputPlan) -> WindowEncoder:
+    return WindowEncoder(out.spec.creation_options, out.spec.grid.size, out.band_count, out.overview_levels,
+                         out.worker_overview_levels)
+
+
+def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed, sink: BlockSink,
+               stats: RankStats, encode_tiles: bool = False) -> None:
+    """Do batches of work until told to stop: stage units are decoded and copied, windows filled and sent.
+
+    The next batch is asked for as the last item of the current one starts; staging units are reported done
+    only once their copies are closed (visible to every rank). Buffers are allocated once.
+    """
+    bands_out = out.band_count
+    buffers = [message_buffer(bands_out, out.max_pixels) for _ in range(SLOTS)]
+    messages: list[np.ndarray | None] = [None] * SLOTS  # encoded tiles in flight
+    encoder = window_encoder(out) if encode_tiles and out.resumable else None
+    sent = 0
+    batch = first
+
+    while True:
+        for k, (item, what) in enumerate(batch):
+            if k == len(batch) - 1:
+                feed.ask(worker.staged_done())
+            if worker.take(item.kind, what) is None:
+                continue
+            assert isinstance(what, Window)
+            slot = sent % SLOTS
+            with stats.timer("wait"):
+                sink.acquire(slot)
+            block = pack_block(buffers[slot], item.index, bands_out, what.shape)
+            worker.fill(what, block)
+            if encoder is not None:
+                with stats.timer("encode"):
+                    messages[slot] = tile_message(item.index, encoder.encode(what, block))
+                sink.deliver(slot, messages[slot], item.index, block)  # type: ignore[arg-type]
+            else:
+                sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
+            sent += 1
+            faults.window_done(stats.rank, sent)
+        done = worker.staged_done()
+        with stats.timer("wait"):
+            batch = feed.next(done)
+        if not batch:
+            break
+    with stats.timer("wait"):
+        sink.close()
+
+
+def receive_windows(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Scheduler, stats: RankStats,
+                    progress: Progress, expected: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Rank 0's loop: answer workers' requests for work, and yield each window's message as it arrives.
+
+    Ends when every window has arrived and every worker has been told to stop. The message is valid until the
+    next one is received.
+    """
+    receiver = BlockReceiver(comm, message_buffer(out.band_count, out.max_pixels), len(work.windows))
+    status = MPI.Status()
+    batches = BatchSender(comm)
+    received = 0
+    while received < expected or not scheduler.finished:
+        with stats.timer("wait"):
+            wait_for_message(comm, status)
+        if status.Get_tag() in (REQUEST_TAG, PROGRESS_TAG):
+            count = receive_count(comm, status)
+            if status.Get_tag() == REQUEST_TAG:
+                scheduler.request(status.Get_source(), count)
+            else:
+                scheduler.progress(status.Get_source(), count)
+            for worker, items in scheduler.replies():
+                batches.send(worker, work.table(items))
+            continue
+        if status.Get_tag() != BLOCK_TAG:
+            raise MpiS2Error(f"writer: unexpected message (tag {status.Get_tag()}) from rank {status.Get_source()}")
+        with stats.timer("wait"):
+            index, message = receiver.receive(status)
+        received += 1
+        yield index, message
+        progress.update(received)
+    with stats.timer("wait"):
+        batches.close()
+
+
+def open_output(comm: MPI.Comm, roles: Roles, out: OutputPlan) -> TiffAssembler | None:
+    """The writer opens the output (a new run, or ``--resume``'s partial one); an error ends every rank cleanly.
+
+    Returns the assembler on the writer (None where GDAL's writer encodes), None elsewhere.
+    """
+    assembler: TiffAssembler | None = None
+    error: MpiS2Error | None = None
+    if roles.is_writer:
+        try:
+            if out.resumable:
+                assembler = TiffAssembler(out.spec, out.windows, levels=out.overview_levels,
+                                          encoded_levels=out.worker_overview_levels, fingerprint=out.fingerprint,
+                                          resume=out.resume)
+            elif out.resume:
+                raise OutputError(f"{out.path}: --resume needs tiles encoded by the workers, and here "
+                                  f"the {out.writer_encodes_because}")
+        except MpiS2Error as exc:
+            error = exc
+    fail_together(comm, error, WRITER_RANK)
+    return assembler
+
+
+def _finish(assembler: TiffAssembler, stats: RankStats) -> None:
+    with stats.timer("write"):
+        assembler.write()
+        assembler.commit()
+
+
+def run_writer(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Scheduler, stats: RankStats,
+               progress: Progress, assembler: TiffAssembler | None, expected: int) -> None:
+    """Receive the ``expected`` windows the workers send and write the file: place the tiles they encoded
+    (``assembler``), or encode here with GDAL's writer; commit the file at the end."""
+    messages = receive_windows(comm, out, work, scheduler, stats, progress, expected)
+    if assembler is not None:
+        for count, (index, message) in enumerate(messages, start=1):
+            with stats.timer("write"):
+                assembler.add(index, unpack_tiles(message[HEADER_BYTES:]))
+            faults.window_done(comm.rank, count)
+        if out.cog:
+            serve_strips(comm, assembler, Roles(comm.rank, comm.size).worker_ranks, stats)
+        _finish(assembler, stats)
+        return
+    writer = GeoTiffWriter(out.spec)
+    try:
+        for index, message in messages:
+            window = out.windows[index]
+            with stats.timer("write"):
+                writer.write(window, pack_block(message, index, out.band_count, window.shape))
+        with stats.timer("write"):
+            writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def run_serial(out: OutputPlan, work: WorkPlan, worker: ItemWorker, stats: RankStats, progress: Progress,
+               assembler: TiffAssembler | None, todo: list[int]) -> None:
+    """One process holds every role: the same scheduler and worker loop, without messages."""
+    feed = LocalFeed(work, work.scheduler((0,), todo))
+    if assembler is not None:
+        run_worker(out, worker, feed.first(), feed, AssemblerSink(assembler, stats, progress), stats,
+                   encode_tiles=True)
+        encode_strips_here(assembler, window_encoder(out), stats)
+        _finish(assembler, stats)
+        return
+    writer = GeoTiffWriter(out.spec)
+    try:
+        run_worker(out, worker, feed.first(), feed, GdalSink(out, writer, stats, progress), stats)
+        with stats.timer("write"):
+            writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def write_output(comm: MPI.Comm, roles: Roles, out: OutputPlan, work: WorkPlan, worker: ItemWorker | None,
+                 stats: RankStats, progress: Progress, assembler: TiffAssembler | None,
+                 todo: list[int]) -> tuple[int, int] | None:
+    """Write ``out``: windows ``todo`` are scheduled by rank 0, filled by ``worker`` (on worker ranks), encoded
+    by the workers and placed by the writer rank (``assembler``, or GDAL's writer); then the quicklook.
+
+    Returns the quicklook's (width, height) on the writer rank when one was asked for, else None.
+    """
+    if roles.serial:
+        assert worker is not None
+        run_serial(out, work, worker, stats, progress, assembler, todo)
+    else:
+        scheduler = work.scheduler(roles.worker_ranks, todo) if roles.is_planner else None
+        first = scheduler.first_batches() if scheduler else {}
+        mine = scatter_batches(comm, PLANNER_RANK,
+                               {r: work.table(b) for r, b in first.items()} if scheduler else None)
+        if roles.is_writer:
+            assert scheduler is not None
+            run_writer(comm, out, work, scheduler, stats, progress, assembler, len(todo))
+        else:
+            assert worker is not None
+            run_worker(out, worker, table_to_items(mine), MpiFeed(comm), BlockSender(comm, WRITER_RANK), stats,
+                       encode_tiles=True)
+            if out.cog:
+                encode_strips(comm, window_encoder(out), stats)
+    if roles.is_writer and out.quicklook:
+        with stats.timer("write"):
+            return write_quicklook(out.path, out.quicklook, out.quicklook_size)
+    return None
