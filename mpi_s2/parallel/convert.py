@@ -31,13 +31,13 @@ from mpi_s2.parallel.leftovers import forget_note
 from mpi_s2.parallel.hdf5_backend import prepare_store, run_hdf5_worker, worker_comm
 from mpi_s2.parallel.pipeline import (LocalFeed, MpiFeed, batch_table, make_scheduler, open_output,
                                       receive_windows, write_output)
+from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, Roles
 from mpi_s2.parallel.runtime import CollectiveFailure
 from mpi_s2.parallel.transport import scatter_batches
 from mpi_s2.planning.plan import Plan, plan_cog
 from mpi_s2.planning.scheduling import table_to_items
 from mpi_s2.planning.windows import Window, plan_windows
-from mpi_s2.progress import Progress
 from mpi_s2.report import RankStats, build_report, write_report
 
 log = logging.getLogger("mpi_s2")

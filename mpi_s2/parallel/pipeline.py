@@ -38,6 +38,7 @@ from mpi_s2.parallel.coarse_levels import encode_strips, encode_strips_here, ser
 from mpi_s2.parallel import termination
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.leftovers import clean_up, disk_full, forget_note, on_signal_cleanup, resumable
+from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.runtime import CollectiveFailure, fail_together
 from mpi_s2.parallel.work_items import ItemWorker, WindowSource
@@ -49,7 +50,6 @@ from mpi_s2.planning.plan import Plan, make_plan, plan_luts
 from mpi_s2.planning.scheduling import Scheduler, WorkItem, items_to_table, table_to_items
 from mpi_s2.planning.stage_plan import StageUnit, remove_staging
 from mpi_s2.planning.windows import Window
-from mpi_s2.progress import Progress
 from mpi_s2.report import RankStats, build_report, write_report
 
 log = logging.getLogger("mpi_s2")
@@ -354,6 +354,7 @@ def write_output(comm: MPI.Comm, roles: Roles, plan: Plan, luts: np.ndarray, sta
     progress = Progress(len(todo), enabled=plan.config.progress and roles.is_writer)
     if roles.serial:
         run_serial(plan, luts, stats, progress, counter, assembler, todo, renderer)
+        progress.close()
         return
     first = scheduler.first_batches() if scheduler else {}
     mine = scatter_batches(comm, PLANNER_RANK,
@@ -361,6 +362,7 @@ def write_output(comm: MPI.Comm, roles: Roles, plan: Plan, luts: np.ndarray, sta
     if roles.is_writer:
         assert scheduler is not None
         run_writer(comm, plan, scheduler, stats, progress, assembler, len(todo))
+        progress.close()
     else:
         run_worker(plan, luts, table_to_items(mine), MpiFeed(comm), BlockSender(comm, WRITER_RANK), stats, counter,
                    encode_tiles=True, renderer=renderer)
