@@ -6,7 +6,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 DEBIAN_PACKAGES := gdal-bin python3-gdal python3-mpi4py python3-h5py-mpi openmpi-bin python3-numpy python3-venv \
-  python3-wheel python3-tifffile python3-matplotlib
+  python3-wheel python3-tifffile python3-matplotlib python3-tqdm
 # The test suite also starts a local Slurm cluster (tests/cluster/local-cluster.sh): needed by `make test` only.
 CLUSTER_PACKAGES := slurm-wlm munge iproute2
 # root needs --allow-run-as-root; more ranks than cores needs --oversubscribe (this machine has 2 cores)
