@@ -111,3 +111,11 @@ def test_launch_check_detects_srun_singletons():
     check_launch(4, {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4"})  # PMIx launch: fine
     check_launch(2, {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "OMPI_COMM_WORLD_SIZE": "2"})  # mpirun
     check_launch(1, {})  # plain process
+
+
+def test_plural():
+    from mpi_s2.text import plural
+
+    assert plural(1, "window") == "1 window" and plural(3, "window") == "3 windows"
+    assert plural(0, "rank") == "0 ranks" and plural(1, "rank") == "1 rank"
+    assert plural(2, "index", "indices") == "2 indices" and plural(1, "index", "indices") == "1 index"

@@ -39,6 +39,7 @@ from mpi_s2.planning.scheduling import table_to_items
 from mpi_s2.planning.windows import Window, plan_windows
 from mpi_s2.progress import Progress
 from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.text import plural
 
 log = logging.getLogger("mpi_s2")
 
@@ -100,7 +101,8 @@ def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, s
     attrs = read_attrs(path)
     status = attrs["window_status"]
     if not status.all():
-        raise OutputError(f"{path}: incomplete ({int(status.sum())} of {status.size} windows written); finish it "
+        written = f"{int(status.sum())} of {plural(status.size, 'window')} written"
+        raise OutputError(f"{path}: incomplete ({written}); finish it "
                           f"with 'compose --backend hdf5 --resume' and the same arguments")
     check_output_path(output, overwrite=overwrite, inputs=(path,))
     bands, height, width = attrs["shape"]

@@ -51,6 +51,7 @@ from mpi_s2.planning.stage_plan import StageUnit, remove_staging
 from mpi_s2.planning.windows import Window
 from mpi_s2.progress import Progress
 from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.text import plural
 
 log = logging.getLogger("mpi_s2")
 
@@ -460,8 +461,8 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
         report["quicklook"] = {"path": config.quicklook, "size": list(preview)}
     if config.report:
         write_report(config.report, report)
-    log.info("wrote %s (%d x %d, %d windows, %d ranks) in %.1f s",
-             config.output, plan.grid.width, plan.grid.height, len(plan.windows), comm.size, wall)
+    log.info("wrote %s (%d x %d, %s, %s) in %.1f s", config.output, plan.grid.width, plan.grid.height,
+             plural(len(plan.windows), "window"), plural(comm.size, "rank"), wall)
     return report
 
 
