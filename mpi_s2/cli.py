@@ -11,8 +11,9 @@ import sys
 from typing import Sequence
 
 from mpi_s2 import __version__
-from mpi_s2.inputs.cloudmask import DEFAULT_MASK_CLASSES
 from mpi_s2.errors import InputError, MpiS2Error
+from mpi_s2.inputs.cloudmask import DEFAULT_MASK_CLASSES
+from mpi_s2.output.profiles import parse_creation_option
 from mpi_s2.planning.mosaic import RESAMPLING
 from mpi_s2.planning.scheduling import SCHEDULES
 
@@ -50,16 +51,66 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _creation_option(text: str) -> tuple[str, str]:
+    """``--co``'s type: ``'KEY=VALUE'`` -> ``('KEY', 'VALUE')``; a bad one is a usage error (exit 2)."""
+    try:
+        return parse_creation_option(text)
+    except InputError as exc:  # "--co 'X': expected ..." -> "argument --co: 'X': expected ..."
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--co ")) from None
+
+
+class _StoreInDict(argparse.Action):
+    """Accumulates the ``(key, value)`` pairs of a repeatable option in a dict (a key's last value wins)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, self.dest, None) or {})  # a copy: the default is shared
+        key, value = values
+        options[key] = value
+        setattr(namespace, self.dest, options)
+
+
+def _group(parser: argparse.ArgumentParser, title: str):
+    """``parser``'s argument group ``title``: the one a parent parser brought, else a new one."""
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """The options compose and convert share: declared once, a parent parser of both."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--schedule", choices=SCHEDULES, default="dynamic",
+                        help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
+                             "each worker gets a fixed contiguous share")
+    out = shared.add_argument_group("output")
+    out.add_argument("-o", "--output", required=True, help="output GeoTIFF")
+    out.add_argument("--co", action=_StoreInDict, type=_creation_option, default={}, metavar="KEY=VALUE",
+                     help="GDAL GeoTIFF creation option (repeatable), e.g. --co COMPRESS=DEFLATE (convert: "
+                          "it overrides the one stored in the HDF5 file)")
+    out.add_argument("--cog", action="store_true",
+                     help="write a Cloud-Optimized GeoTIFF: internal overviews (valid pixels averaged) until "
+                          "the image fits one tile, overviews' data before the full resolution")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    out.add_argument("--report", metavar="JSON", help="write per-rank timings and throughput here")
+    out.add_argument("--progress-file", metavar="FILE",
+                     help="append JSON progress lines (time, phase, done, total, eta_s) here, to follow a "
+                          "run from another node")
+    return shared
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mpi-s2", description="MPI-parallel Sentinel-2 true-colour GeoTIFFs.")
     parser.add_argument("--version", action="version", version=f"mpi_s2 {__version__}")
     verbosity = argparse.ArgumentParser(add_help=False)
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors, no progress line")
+    output = _output_options()
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     compose = sub.add_parser(
-        "compose", parents=[verbosity], help="compose an RGB GeoTIFF from Sentinel-2 products or band files",
+        "compose", parents=[verbosity, output],
+        help="compose an RGB GeoTIFF from Sentinel-2 products or band files",
         description="Compose a true-colour GeoTIFF from Sentinel-2 products (.SAFE folders or zips, L2A or "
                     "L1C) and/or band files B04 (red), B03 (green), B02 (blue). Several inputs make one mosaic.",
         epilog=COMPOSE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     bands.add_argument("--blue", action="append", default=[], metavar="B02", help="blue band file (uint16)")
     bands.add_argument("--scl", action="append", default=[], metavar="SCL",
                        help="scene classification of the band set (implies --cloud-mask)")
-    compose.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     radio = compose.add_argument_group("radiometry")
     radio.add_argument("--max-reflectance", type=float, default=1.0,
                        help="reflectance shown as full brightness (default 1.0, i.e. DN 10000 without offset)")
@@ -94,32 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
                                       "another CRS are reprojected")
     select.add_argument("--resampling", default="near", choices=RESAMPLING,
                         help="resampling of reprojected inputs (default near: digital numbers stay exact)")
-    out = compose.add_argument_group("output")
+    out = _group(compose, "output")  # with the shared -o, --co, --cog, --overwrite, --report, --progress-file
     out.add_argument("--no-alpha", action="store_true",
                      help="write 3 bands; valid pixels are >= 1 so that 0 means nodata (like ESA's TCI)")
-    out.add_argument("--co", action="append", default=[], metavar="KEY=VALUE",
-                     help="GDAL GeoTIFF creation option (repeatable), e.g. --co COMPRESS=DEFLATE")
-    out.add_argument("--cog", action="store_true",
-                     help="write a Cloud-Optimized GeoTIFF: internal overviews (valid pixels averaged) until the "
-                          "image fits one tile, overviews' data before the full resolution")
     out.add_argument("--quicklook", metavar="FILE.png|.jpg",
                      help="also write a small preview: valid pixels averaged, nodata transparent (PNG) or black")
     out.add_argument("--quicklook-size", type=_positive_int, default=1024, metavar="N",
                      help="longest side of the preview at most N pixels (default 1024)")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     out.add_argument("--resume", action="store_true",
                      help="finish a run that was killed: same arguments; only the windows it had not durably "
                           "written are computed (an error if inputs or parameters differ)")
-    out.add_argument("--report", metavar="JSON", help="write per-rank timings and throughput here")
     compose.add_argument("--window", type=_positive_int, metavar="N",
                          help="window edge in pixels (default: the multiple of the block size closest to 1024)")
     compose.add_argument("--staging-dir", metavar="DIR",
                          help="where misaligned sources are decoded once into raw copies (default: beside the "
                               "output); every rank must see it: a shared file system across nodes, or e.g. "
                               "/dev/shm when all ranks are on one node")
-    compose.add_argument("--schedule", choices=SCHEDULES, default="dynamic",
-                         help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
-                              "each worker gets a fixed contiguous share")
 
     compose.add_argument("--backend", choices=("writer", "hdf5"), default="writer",
                          help="writer (default): rank 0 alone writes the GeoTIFF from the tiles the workers "
@@ -128,18 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--keep-h5", action="store_true", help="hdf5 backend: keep the HDF5 file")
 
     convert = sub.add_parser(
-        "convert", parents=[verbosity], help="convert an HDF5 file of compose --backend hdf5 to a GeoTIFF or COG",
+        "convert", parents=[verbosity, output],
+        help="convert an HDF5 file of compose --backend hdf5 to a GeoTIFF or COG",
         description="Convert a complete HDF5 file written by 'compose --backend hdf5 --keep-h5' to a GeoTIFF "
                     "(or COG), in parallel under mpirun: workers read and encode tiles, rank 0 writes.",
     )
     convert.add_argument("h5", metavar="RUN.h5", help="the HDF5 file")
-    convert.add_argument("-o", "--output", required=True, help="output GeoTIFF")
-    convert.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
-    convert.add_argument("--co", action="append", default=[], metavar="KEY=VALUE",
-                         help="creation option overriding the one stored in the file (repeatable)")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    convert.add_argument("--report", metavar="JSON", help="write per-rank timings here")
-    convert.add_argument("--schedule", choices=SCHEDULES, default="dynamic", help="work distribution")
 
     synth = sub.add_parser(
         "synth", parents=[verbosity], help="write a synthetic Sentinel-2-like scene (B04, B03, B02)",
@@ -164,13 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="JPEG 2000 tile size (default 1024, as ESA's products)")
     product.add_argument("--orbit-edge", type=float, default=0.0, metavar="F",
                          help="make fraction F of the tile nodata beyond a slanted swath edge (default 0)")
+    parser.commands = dict(sub.choices)
     return parser
 
 
 def compose_config(args: argparse.Namespace):
-    from mpi_s2.inputs.cloudmask import parse_mask_classes
     from mpi_s2.config import BandFiles, ComposeConfig
-    from mpi_s2.output.profiles import parse_creation_option
+    from mpi_s2.inputs.cloudmask import parse_mask_classes
     from mpi_s2.pixels.radiometry import Stretch
 
     counts = {len(args.red), len(args.green), len(args.blue)}
@@ -188,7 +222,6 @@ def compose_config(args: argparse.Namespace):
             gamma=args.gamma)
     if args.scale is not None and args.scale <= 0:
         raise InputError(f"--scale must be > 0, got {args.scale}")
-    options = dict(parse_creation_option(text) for text in args.co)
     return ComposeConfig(
         output=args.output, products=tuple(args.products), band_sets=band_sets, offset=args.offset,
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
@@ -197,8 +230,8 @@ def compose_config(args: argparse.Namespace):
         schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, backend=args.backend,
         keep_h5=args.keep_h5, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
-        creation_options=options, overwrite=args.overwrite, resume=args.resume, report=args.report,
-        progress=not args.quiet,
+        creation_options=dict(args.co), overwrite=args.overwrite, resume=args.resume, report=args.report,
+        progress=not args.quiet, progress_file=args.progress_file,
     )
 
 
@@ -226,11 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 written = list(paths.values())
             logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
             return 0
-        if args.command == "convert":
-            from mpi_s2.output.profiles import parse_creation_option
-
-            overrides = dict(parse_creation_option(text) for text in args.co)
-        else:
+        if args.command == "compose":
             config = compose_config(args)
     except MpiS2Error as exc:
         if launcher_rank() == 0:
@@ -242,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "convert":
         from mpi_s2.parallel.convert import convert
 
-        return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=overrides,
+        return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=dict(args.co),
                                             overwrite=args.overwrite, schedule=args.schedule,
                                             progress=not args.quiet, report=args.report))
     from mpi_s2.parallel.pipeline import compose

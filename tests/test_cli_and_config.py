@@ -2,7 +2,7 @@
 
 import pytest
 
-from mpi_s2.cli import build_parser, compose_config
+from mpi_s2.cli import build_parser, compose_config, main
 from mpi_s2.inputs.cloudmask import parse_mask_classes
 from mpi_s2.config import BandFiles
 from mpi_s2.errors import InputError, LaunchError
@@ -119,3 +119,64 @@ def test_plural():
     assert plural(1, "window") == "1 window" and plural(3, "window") == "3 windows"
     assert plural(0, "rank") == "0 ranks" and plural(1, "rank") == "1 rank"
     assert plural(2, "index", "indices") == "2 indices" and plural(1, "index", "indices") == "1 index"
+
+
+def usage_error(capsys, argv) -> str:
+    """The one stderr line of ``mpi-s2 ARGV``, a usage error (exit code 2)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpi_s2: error: "), captured.err
+    assert lines[0].count("error") == 1 and "mpi-s2:" not in lines[0] and not captured.out
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def no_launcher(monkeypatch):
+    """Usage errors are printed by launcher rank 0 only: be rank 0 whatever the environment."""
+    for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_creation_options_accumulate_into_a_dict():
+    parser = build_parser()
+    args = parser.parse_args(["compose", *BANDS, "--co", "compress=deflate", "--co", "ZLEVEL=6",
+                              "--co", "COMPRESS=ZSTD"])
+    assert args.co == {"COMPRESS": "ZSTD", "ZLEVEL": "6"}  # upper-cased keys; a key's last value wins
+    assert parser.parse_args(["compose", *BANDS]).co == {}  # the shared default was not changed
+    assert parser.parse_args(["convert", "run.h5", "-o", "o.tif", "--co", "blockxsize=256"]).co == {
+        "BLOCKXSIZE": "256"}
+
+
+@pytest.mark.parametrize("command", [["compose", *BANDS], ["convert", "run.h5", "-o", "o.tif"]])
+def test_bad_creation_option_is_a_one_line_usage_error(command, capsys):
+    line = usage_error(capsys, [*command, "--co", "COMPRESS"])
+    assert "argument --co: 'COMPRESS': expected KEY=VALUE, e.g. --co COMPRESS=DEFLATE" in line
+
+
+SHARED = {"output": "o.tif", "co": {}, "cog": False, "overwrite": False, "report": None, "schedule": "dynamic",
+          "progress_file": None}
+
+
+def test_shared_output_options_on_compose_and_convert():
+    parser = build_parser()
+    compose = vars(parser.parse_args(["compose", "-o", "o.tif"]))
+    convert = vars(parser.parse_args(["convert", "run.h5", "-o", "o.tif"]))
+    assert {k: compose[k] for k in SHARED} == {k: convert[k] for k in SHARED} == SHARED
+    given = ["-o", "x.tif", "--co", "A=1", "--cog", "--overwrite", "--report", "r.json", "--schedule", "static",
+             "--progress-file", "p.jsonl"]
+    compose = vars(parser.parse_args(["compose", *given]))
+    convert = vars(parser.parse_args(["convert", "run.h5", *given]))
+    assert {k: compose[k] for k in SHARED} == {k: convert[k] for k in SHARED} == {
+        "output": "x.tif", "co": {"A": "1"}, "cog": True, "overwrite": True, "report": "r.json",
+        "schedule": "static", "progress_file": "p.jsonl"}
+    # declared once: both subcommands hold the very same argparse actions
+    actions = {name: {a.dest: a for a in parser.commands[name]._actions} for name in ("compose", "convert")}
+    assert all(actions["compose"][dest] is actions["convert"][dest] for dest in SHARED)
+
+
+def test_progress_file_reaches_the_config():
+    assert parse().progress_file is None
+    assert parse("--progress-file", "run.progress.jsonl").progress_file == "run.progress.jsonl"
