@@ -6,9 +6,12 @@ MPI is imported only by ``compose``, so ``synth`` and ``--help`` work without a 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import shlex
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mpi_s2 import __version__
 from mpi_s2.errors import InputError, MpiS2Error
@@ -34,18 +37,66 @@ Mosaics: products first, then band sets, in the order given; where they overlap 
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are printed by launcher rank 0 only (not once per rank)."""
+    """An argument parser whose usage errors are one line, printed by launcher rank 0 only (not once per
+    rank): ``mpi_s2: error: COMMAND: MESSAGE (see mpi-s2 COMMAND --help)``, naming the closest known option
+    or choice when one was misspelt."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, on the top one
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # left over by the subcommand: name it, not the top-level parser
+            parser = self.commands.get(getattr(parsed, "command", None) or "", self)
+            parser.error(_unrecognized(parser, extras))
+        return parsed
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            close = difflib.get_close_matches(str(value), [str(c) for c in action.choices or ()], n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(action, f"{exc.message} (did you mean {close[0]}?)") from None
 
     def error(self, message: str):  # type: ignore[override]
         from mpi_s2.parallel.runtime import launcher_rank
 
         if launcher_rank() == 0:  # one line, like every other error (usage: --help)
-            sys.stderr.write(f"mpi_s2: error: {self.prog}: {message} (see {self.prog} --help)\n")
+            command = self.prog.partition(" ")[2]  # "mpi-s2 compose" -> "compose"; "" for mpi-s2 itself
+            where = f"{command}: " if command else ""
+            message = message.replace("\n", " ")
+            sys.stderr.write(f"mpi_s2: error: {where}{message} (see {self.prog} --help)\n")
         sys.exit(2)
 
 
+def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """``unrecognized argument --quicklok (did you mean --quicklook?)``, for each of ``extras``."""
+    known = [name[2:] for action in parser._actions for name in action.option_strings
+             if name.startswith("--")]
+    # argparse takes compose's PRODUCTs once: those after an option are left over (unless the value of a
+    # misspelt option)
+    split_products = parser.prog.endswith(" compose") and not any(e.startswith("-") for e in extras)
+    words = []
+    for extra in extras:
+        word = shlex.quote(extra)
+        if extra.startswith("-"):  # compared without dashes: "--" alone would make "--foo" close to "--co"
+            close = difflib.get_close_matches(extra.partition("=")[0].lstrip("-"), known, n=1)
+            if close:
+                word += f" (did you mean --{close[0]}?)"
+        elif split_products:
+            word += " (give all PRODUCTs together, before or after the options)"
+        words.append(word)
+    return f"unrecognized argument{'s' if len(extras) > 1 else ''} {', '.join(words)}"
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value

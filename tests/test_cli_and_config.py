@@ -153,7 +153,30 @@ def test_creation_options_accumulate_into_a_dict():
 @pytest.mark.parametrize("command", [["compose", *BANDS], ["convert", "run.h5", "-o", "o.tif"]])
 def test_bad_creation_option_is_a_one_line_usage_error(command, capsys):
     line = usage_error(capsys, [*command, "--co", "COMPRESS"])
-    assert "argument --co: 'COMPRESS': expected KEY=VALUE, e.g. --co COMPRESS=DEFLATE" in line
+    name = command[0]
+    assert line == (f"mpi_s2: error: {name}: argument --co: 'COMPRESS': expected KEY=VALUE, e.g. "
+                    f"--co COMPRESS=DEFLATE (see mpi-s2 {name} --help)")
+
+
+def test_unrecognized_option_names_the_command_and_the_closest_option(capsys):
+    line = usage_error(capsys, ["compose", *BANDS, "--quicklok"])
+    assert line == ("mpi_s2: error: compose: unrecognized argument --quicklok (did you mean --quicklook?) "
+                    "(see mpi-s2 compose --help)")
+    line = usage_error(capsys, ["convert", "run.h5", "-o", "o.tif", "--progres-file=p.jsonl", "--foo"])
+    assert line == ("mpi_s2: error: convert: unrecognized arguments --progres-file=p.jsonl (did you mean "
+                    "--progress-file?), --foo (see mpi-s2 convert --help)")
+    line = usage_error(capsys, ["compose", "a.SAFE", "-o", "o.tif", "b.SAFE"])
+    assert "compose: unrecognized argument b.SAFE (give all PRODUCTs together" in line
+
+
+def test_invalid_choice_suggests_the_closest(capsys):
+    line = usage_error(capsys, ["compose", *BANDS, "--resampling", "bilinaer"])
+    assert line.startswith("mpi_s2: error: compose: argument --resampling: invalid choice: 'bilinaer'")
+    assert "(did you mean bilinear?) (see mpi-s2 compose --help)" in line
+    line = usage_error(capsys, ["compos", *BANDS])
+    assert line.startswith("mpi_s2: error: argument command: invalid choice: 'compos'")
+    assert line.endswith("(did you mean compose?) (see mpi-s2 --help)")
+    assert "did you mean" not in usage_error(capsys, ["compose", *BANDS, "--schedule", "xyz"])
 
 
 SHARED = {"output": "o.tif", "co": {}, "cog": False, "overwrite": False, "report": None, "schedule": "dynamic",
