@@ -22,7 +22,7 @@ from mpi_s2.planning.scheduling import SCHEDULES
 
 COMPOSE_EXAMPLE = """\
 examples:
-  mpi-s2 synth scene --size 2048
+  mpi-s2 synth scene --size 2048                # writes scene/B04.tif, scene/B03.tif, scene/B02.tif
   mpirun -n 4 .venv/bin/python -m mpi_s2 compose \\
       --red scene/B04.tif --green scene/B03.tif --blue scene/B02.tif -o rgb.tif --report run.json
   mpirun -n 3 .venv/bin/python -m mpi_s2 compose --cloud-mask \\
@@ -33,6 +33,15 @@ Per band: out = floor(255 * clip(((DN + offset) / scale) / max_reflectance, 0, 1
 Pixels where any band is 0 (nodata) are 0 in all bands and transparent in the alpha band; DN 65535
 (saturated) is full brightness. Offsets and quantification come from each product's metadata.
 Mosaics: products first, then band sets, in the order given; where they overlap the first valid pixel wins.
+"""
+
+
+SYNTH_EXAMPLE = """\
+examples:
+  mpi-s2 synth scene --size 2048                 # scene/B04.tif, scene/B03.tif, scene/B02.tif
+  mpi-s2 synth products --product --zip          # products/S2B_MSIL2A_..._T32TMS_....zip
+
+OUTDIR is a directory (made if missing), not a subcommand: 'scene' and 'products' above are just names.
 """
 
 
@@ -208,9 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--window", type=_positive_int, metavar="N",
                          help="window edge in pixels (default: the multiple of the block size closest to 1024)")
     compose.add_argument("--staging-dir", metavar="DIR",
-                         help="where misaligned sources are decoded once into raw copies (default: beside the "
-                              "output); every rank must see it: a shared file system across nodes, or e.g. "
-                              "/dev/shm when all ranks are on one node")
+                         help="where misaligned sources are decoded once into raw copies; every rank must "
+                              "see it. Default: /dev/shm when all ranks run on one node and it has room for "
+                              "twice the copies (free space and available memory); otherwise a hidden "
+                              ".OUTPUT.staging folder beside the output (across nodes: a shared file system)")
 
     compose.add_argument("--backend", choices=("writer", "hdf5"), default="writer",
                          help="writer (default): rank 0 alone writes the GeoTIFF from the tiles the workers "
@@ -227,10 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("h5", metavar="RUN.h5", help="the HDF5 file")
 
     synth = sub.add_parser(
-        "synth", parents=[verbosity], help="write a synthetic Sentinel-2-like scene (B04, B03, B02)",
-        description="Write three georeferenced uint16 GeoTIFFs (UTM 32N, 10 m) that look like a Sentinel-2 tile.",
+        "synth", parents=[verbosity], usage="%(prog)s OUTDIR [--product [--zip]] [options]",
+        help="mpi-s2 synth OUTDIR [--product]: write a synthetic Sentinel-2-like scene (B04, B03, B02) or "
+             "L2A product into the directory OUTDIR",
+        description="mpi-s2 synth OUTDIR [--product]\n\n"
+                    "Write three georeferenced uint16 GeoTIFFs (UTM 32N, 10 m) that look like a Sentinel-2\n"
+                    "tile into the directory OUTDIR, or with --product an L2A product (SAFE layout,\n"
+                    "JPEG 2000) of the same scene.",
+        epilog=SYNTH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    synth.add_argument("outdir", help="directory to write B04.tif, B03.tif, B02.tif into")
+    synth.add_argument("outdir", metavar="OUTDIR",
+                       help="directory (made if missing) to write B04.tif, B03.tif, B02.tif, or with "
+                            "--product the product, into")
     synth.add_argument("--size", type=_positive_int, default=1024, help="width in pixels (default 1024)")
     synth.add_argument("--height", type=_positive_int, help="height in pixels (default: --size)")
     synth.add_argument("--block", type=_positive_int, default=512, help="tile size (default 512)")

@@ -179,6 +179,24 @@ def test_invalid_choice_suggests_the_closest(capsys):
     assert "did you mean" not in usage_error(capsys, ["compose", *BANDS, "--schedule", "xyz"])
 
 
+@pytest.mark.parametrize("argv", [["synth", "--help"], ["synth", "products", "--help"], ["synth", "-h", "x"]])
+def test_synth_help_is_its_own(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: mpi-s2 synth OUTDIR [--product")
+    assert "mpi-s2 synth OUTDIR [--product]" in text and "--jp2-block" in text and "examples:" in text
+    assert "{compose,convert,synth}" not in text  # not the top-level help
+
+
+def test_synth_outdir_stays_positional():
+    args = build_parser().parse_args(["synth", "demo/scene", "--size", "4096"])  # as make demo runs it
+    assert (args.outdir, args.size, args.product) == ("demo/scene", 4096, False)
+    args = build_parser().parse_args(["synth", "--product", "--zip", "products"])
+    assert args.outdir == "products" and args.product and args.zip
+
+
 SHARED = {"output": "o.tif", "co": {}, "cog": False, "overwrite": False, "report": None, "schedule": "dynamic",
           "progress_file": None}
 
@@ -203,3 +221,10 @@ def test_shared_output_options_on_compose_and_convert():
 def test_progress_file_reaches_the_config():
     assert parse().progress_file is None
     assert parse("--progress-file", "run.progress.jsonl").progress_file == "run.progress.jsonl"
+
+
+def test_staging_dir_help_states_the_real_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compose", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Default: /dev/shm when all ranks run on one node" in text and ".OUTPUT.staging" in text
