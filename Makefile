@@ -37,6 +37,7 @@ SCALING_MAX_RANKS = $(shell echo $(SCALING_RANKS) | tr ',' '\n' | sort -n | tail
   scaling-report clean
 
 help:
+	@echo "make venv    - set up .venv: Debian packages (as root) and an editable install of mpi_s2"
 	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
 	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
 	@echo "make test-slow - a real > 4 GB BigTIFF output (about a minute, 6 GB of disk; not in make test)"

@@ -6,19 +6,23 @@ MPI is imported only by ``compose``, so ``synth`` and ``--help`` work without a 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import shlex
 import sys
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mpi_s2 import __version__
 from mpi_s2.config import DEFAULT_MASK_CLASSES
 from mpi_s2.errors import InputError, MpiS2Error
+from mpi_s2.output.profiles import parse_creation_option
 from mpi_s2.planning.mosaic import RESAMPLING
 from mpi_s2.planning.scheduling import SCHEDULES
 
 COMPOSE_EXAMPLE = """\
 examples:
-  mpi-s2 synth scene --size 2048
+  mpi-s2 synth scene --size 2048                # writes scene/B04.tif, scene/B03.tif, scene/B02.tif
   mpirun -n 4 .venv/bin/python -m mpi_s2 compose \\
       --red scene/B04.tif --green scene/B03.tif --blue scene/B02.tif -o rgb.tif --report run.json
   mpirun -n 3 .venv/bin/python -m mpi_s2 compose --cloud-mask \\
@@ -32,22 +36,127 @@ Mosaics: products first, then band sets, in the order given; where they overlap 
 """
 
 
+SYNTH_EXAMPLE = """\
+examples:
+  mpi-s2 synth scene --size 2048                 # scene/B04.tif, scene/B03.tif, scene/B02.tif
+  mpi-s2 synth products --product --zip          # products/S2B_MSIL2A_..._T32TMS_....zip
+
+OUTDIR is a directory (made if missing), not a subcommand: 'scene' and 'products' above are just names.
+"""
+
+
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are printed by launcher rank 0 only (not once per rank)."""
+    """An argument parser whose usage errors are one line, printed by launcher rank 0 only (not once per
+    rank): ``mpi_s2: error: COMMAND: MESSAGE (see mpi-s2 COMMAND --help)``, naming the closest known option
+    or choice when one was misspelt."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, on the top one
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # left over by the subcommand: name it, not the top-level parser
+            parser = self.commands.get(getattr(parsed, "command", None) or "", self)
+            parser.error(_unrecognized(parser, extras))
+        return parsed
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as exc:
+            close = difflib.get_close_matches(str(value), [str(c) for c in action.choices or ()], n=1)
+            if not close:
+                raise
+            raise argparse.ArgumentError(action, f"{exc.message} (did you mean {close[0]}?)") from None
 
     def error(self, message: str):  # type: ignore[override]
         from mpi_s2.parallel.runtime import launcher_rank
 
         if launcher_rank() == 0:  # one line, like every other error (usage: --help)
-            sys.stderr.write(f"mpi_s2: error: {self.prog}: {message} (see {self.prog} --help)\n")
+            command = self.prog.partition(" ")[2]  # "mpi-s2 compose" -> "compose"; "" for mpi-s2 itself
+            where = f"{command}: " if command else ""
+            message = message.replace("\n", " ")
+            sys.stderr.write(f"mpi_s2: error: {where}{message} (see {self.prog} --help)\n")
         sys.exit(2)
 
 
+def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """``unrecognized argument --quicklok (did you mean --quicklook?)``, for each of ``extras``."""
+    known = [name[2:] for action in parser._actions for name in action.option_strings
+             if name.startswith("--")]
+    # argparse takes compose's PRODUCTs once: those after an option are left over (unless the value of a
+    # misspelt option)
+    split_products = parser.prog.endswith(" compose") and not any(e.startswith("-") for e in extras)
+    words = []
+    for extra in extras:
+        word = shlex.quote(extra)
+        if extra.startswith("-"):  # compared without dashes: "--" alone would make "--foo" close to "--co"
+            close = difflib.get_close_matches(extra.partition("=")[0].lstrip("-"), known, n=1)
+            if close:
+                word += f" (did you mean --{close[0]}?)"
+        elif split_products:
+            word += " (give all PRODUCTs together, before or after the options)"
+        words.append(word)
+    return f"unrecognized argument{'s' if len(extras) > 1 else ''} {', '.join(words)}"
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
     return value
+
+
+def _creation_option(text: str) -> tuple[str, str]:
+    """``--co``'s type: ``'KEY=VALUE'`` -> ``('KEY', 'VALUE')``; a bad one is a usage error (exit 2)."""
+    try:
+        return parse_creation_option(text)
+    except InputError as exc:  # "--co 'X': expected ..." -> "argument --co: 'X': expected ..."
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--co ")) from None
+
+
+class _StoreInDict(argparse.Action):
+    """Accumulates the ``(key, value)`` pairs of a repeatable option in a dict (a key's last value wins)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        options = dict(getattr(namespace, self.dest, None) or {})  # a copy: the default is shared
+        key, value = values
+        options[key] = value
+        setattr(namespace, self.dest, options)
+
+
+def _group(parser: argparse.ArgumentParser, title: str):
+    """``parser``'s argument group ``title``: the one a parent parser brought, else a new one."""
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
+def _output_options() -> argparse.ArgumentParser:
+    """The options compose and convert share: declared once, a parent parser of both."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--schedule", choices=SCHEDULES, default="dynamic",
+                        help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
+                             "each worker gets a fixed contiguous share")
+    out = shared.add_argument_group("output")
+    out.add_argument("-o", "--output", required=True, help="output GeoTIFF")
+    out.add_argument("--co", action=_StoreInDict, type=_creation_option, default={}, metavar="KEY=VALUE",
+                     help="GDAL GeoTIFF creation option (repeatable), e.g. --co COMPRESS=DEFLATE (convert: "
+                          "it overrides the one stored in the HDF5 file)")
+    out.add_argument("--cog", action="store_true",
+                     help="write a Cloud-Optimized GeoTIFF: internal overviews (valid pixels averaged) until "
+                          "the image fits one tile, overviews' data before the full resolution")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    out.add_argument("--report", metavar="JSON", help="write per-rank timings and throughput here")
+    out.add_argument("--progress-file", metavar="FILE",
+                     help="append JSON progress lines (time, phase, done, total, eta_s) here, to follow a "
+                          "run from another node")
+    return shared
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,10 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity = argparse.ArgumentParser(add_help=False)
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors, no progress line")
+    output = _output_options()
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     compose = sub.add_parser(
-        "compose", parents=[verbosity], help="compose an RGB GeoTIFF from Sentinel-2 products or band files",
+        "compose", parents=[verbosity, output],
+        help="compose an RGB GeoTIFF from Sentinel-2 products or band files",
         description="Compose a true-colour GeoTIFF from Sentinel-2 products (.SAFE folders or zips, L2A or "
                     "L1C) and/or band files B04 (red), B03 (green), B02 (blue). Several inputs make one mosaic.",
         epilog=COMPOSE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     bands.add_argument("--blue", action="append", default=[], metavar="B02", help="blue band file (uint16)")
     bands.add_argument("--scl", action="append", default=[], metavar="SCL",
                        help="scene classification of the band set (implies --cloud-mask)")
-    compose.add_argument("-o", "--output", required=True, help="output GeoTIFF")
     radio = compose.add_argument_group("radiometry")
     radio.add_argument("--max-reflectance", type=float, default=1.0,
                        help="reflectance shown as full brightness (default 1.0, i.e. DN 10000 without offset)")
@@ -94,32 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
                                       "another CRS are reprojected")
     select.add_argument("--resampling", default="near", choices=RESAMPLING,
                         help="resampling of reprojected inputs (default near: digital numbers stay exact)")
-    out = compose.add_argument_group("output")
+    out = _group(compose, "output")  # with the shared -o, --co, --cog, --overwrite, --report, --progress-file
     out.add_argument("--no-alpha", action="store_true",
                      help="write 3 bands; valid pixels are >= 1 so that 0 means nodata (like ESA's TCI)")
-    out.add_argument("--co", action="append", default=[], metavar="KEY=VALUE",
-                     help="GDAL GeoTIFF creation option (repeatable), e.g. --co COMPRESS=DEFLATE")
-    out.add_argument("--cog", action="store_true",
-                     help="write a Cloud-Optimized GeoTIFF: internal overviews (valid pixels averaged) until the "
-                          "image fits one tile, overviews' data before the full resolution")
     out.add_argument("--quicklook", metavar="FILE.png|.jpg",
                      help="also write a small preview: valid pixels averaged, nodata transparent (PNG) or black")
     out.add_argument("--quicklook-size", type=_positive_int, default=1024, metavar="N",
                      help="longest side of the preview at most N pixels (default 1024)")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     out.add_argument("--resume", action="store_true",
                      help="finish a run that was killed: same arguments; only the windows it had not durably "
                           "written are computed (an error if inputs or parameters differ)")
-    out.add_argument("--report", metavar="JSON", help="write per-rank timings and throughput here")
     compose.add_argument("--window", type=_positive_int, metavar="N",
                          help="window edge in pixels (default: the multiple of the block size closest to 1024)")
     compose.add_argument("--staging-dir", metavar="DIR",
-                         help="where misaligned sources are decoded once into raw copies (default: beside the "
-                              "output); every rank must see it: a shared file system across nodes, or e.g. "
-                              "/dev/shm when all ranks are on one node")
-    compose.add_argument("--schedule", choices=SCHEDULES, default="dynamic",
-                         help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
-                              "each worker gets a fixed contiguous share")
+                         help="where misaligned sources are decoded once into raw copies; every rank must "
+                              "see it. Default: /dev/shm when all ranks run on one node and it has room for "
+                              "twice the copies (free space and available memory); otherwise a hidden "
+                              ".OUTPUT.staging folder beside the output (across nodes: a shared file system)")
 
     compose.add_argument("--backend", choices=("writer", "hdf5"), default="writer",
                          help="writer (default): rank 0 alone writes the GeoTIFF from the tiles the workers "
@@ -128,24 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--keep-h5", action="store_true", help="hdf5 backend: keep the HDF5 file")
 
     convert = sub.add_parser(
-        "convert", parents=[verbosity], help="convert an HDF5 file of compose --backend hdf5 to a GeoTIFF or COG",
+        "convert", parents=[verbosity, output],
+        help="convert an HDF5 file of compose --backend hdf5 to a GeoTIFF or COG",
         description="Convert a complete HDF5 file written by 'compose --backend hdf5 --keep-h5' to a GeoTIFF "
                     "(or COG), in parallel under mpirun: workers read and encode tiles, rank 0 writes.",
     )
     convert.add_argument("h5", metavar="RUN.h5", help="the HDF5 file")
-    convert.add_argument("-o", "--output", required=True, help="output GeoTIFF")
-    convert.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
-    convert.add_argument("--co", action="append", default=[], metavar="KEY=VALUE",
-                         help="creation option overriding the one stored in the file (repeatable)")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    convert.add_argument("--report", metavar="JSON", help="write per-rank timings here")
-    convert.add_argument("--schedule", choices=SCHEDULES, default="dynamic", help="work distribution")
 
     synth = sub.add_parser(
-        "synth", parents=[verbosity], help="write a synthetic Sentinel-2-like scene (B04, B03, B02)",
-        description="Write three georeferenced uint16 GeoTIFFs (UTM 32N, 10 m) that look like a Sentinel-2 tile.",
+        "synth", parents=[verbosity], usage="%(prog)s OUTDIR [--product [--zip]] [options]",
+        help="mpi-s2 synth OUTDIR [--product]: write a synthetic Sentinel-2-like scene (B04, B03, B02) or "
+             "L2A product into the directory OUTDIR",
+        description="mpi-s2 synth OUTDIR [--product]\n\n"
+                    "Write three georeferenced uint16 GeoTIFFs (UTM 32N, 10 m) that look like a Sentinel-2\n"
+                    "tile into the directory OUTDIR, or with --product an L2A product (SAFE layout,\n"
+                    "JPEG 2000) of the same scene.",
+        epilog=SYNTH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    synth.add_argument("outdir", help="directory to write B04.tif, B03.tif, B02.tif into")
+    synth.add_argument("outdir", metavar="OUTDIR",
+                       help="directory (made if missing) to write B04.tif, B03.tif, B02.tif, or with "
+                            "--product the product, into")
     synth.add_argument("--size", type=_positive_int, default=1024, help="width in pixels (default 1024)")
     synth.add_argument("--height", type=_positive_int, help="height in pixels (default: --size)")
     synth.add_argument("--block", type=_positive_int, default=512, help="tile size (default 512)")
@@ -164,13 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="JPEG 2000 tile size (default 1024, as ESA's products)")
     product.add_argument("--orbit-edge", type=float, default=0.0, metavar="F",
                          help="make fraction F of the tile nodata beyond a slanted swath edge (default 0)")
+    parser.commands = dict(sub.choices)
     return parser
 
 
 def compose_config(args: argparse.Namespace):
-    from mpi_s2.inputs.cloudmask import parse_mask_classes
     from mpi_s2.config import BandFiles, ComposeConfig
-    from mpi_s2.output.profiles import parse_creation_option
+    from mpi_s2.inputs.cloudmask import parse_mask_classes
     from mpi_s2.pixels.radiometry import Stretch
 
     counts = {len(args.red), len(args.green), len(args.blue)}
@@ -188,7 +291,6 @@ def compose_config(args: argparse.Namespace):
             gamma=args.gamma)
     if args.scale is not None and args.scale <= 0:
         raise InputError(f"--scale must be > 0, got {args.scale}")
-    options = dict(parse_creation_option(text) for text in args.co)
     return ComposeConfig(
         output=args.output, products=tuple(args.products), band_sets=band_sets, offset=args.offset,
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
@@ -197,8 +299,8 @@ def compose_config(args: argparse.Namespace):
         schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, backend=args.backend,
         keep_h5=args.keep_h5, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
-        creation_options=options, overwrite=args.overwrite, resume=args.resume, report=args.report,
-        progress=not args.quiet,
+        creation_options=dict(args.co), overwrite=args.overwrite, resume=args.resume, report=args.report,
+        progress=not args.quiet, progress_file=args.progress_file,
     )
 
 
@@ -226,11 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 written = list(paths.values())
             logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
             return 0
-        if args.command == "convert":
-            from mpi_s2.output.profiles import parse_creation_option
-
-            overrides = dict(parse_creation_option(text) for text in args.co)
-        else:
+        if args.command == "compose":
             config = compose_config(args)
     except MpiS2Error as exc:
         if launcher_rank() == 0:
@@ -242,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "convert":
         from mpi_s2.parallel.convert import convert
 
-        return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=overrides,
+        return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=dict(args.co),
                                             overwrite=args.overwrite, schedule=args.schedule,
                                             progress=not args.quiet, report=args.report))
     from mpi_s2.parallel.compose import compose

@@ -54,6 +54,7 @@ class ComposeConfig:
     overwrite: bool = False
     report: str | None = None
     progress: bool = True
+    progress_file: str | None = None  # JSON progress lines appended here (see mpi_s2.progress)
 
     @property
     def input_paths(self) -> tuple[str, ...]:

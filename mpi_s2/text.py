@@ -1,8 +1,9 @@
-"""Small text helpers for messages (pure)."""
+"""Small text helpers for messages (pure: imports nothing from the package, so any module may use it)."""
 
 from __future__ import annotations
 
 
-def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """``"1 window"``, ``"3 windows"``: the count with the noun in the right number."""
-    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+def plural(count: int, noun: str, plural: str | None = None) -> str:
+    """``count`` and ``noun`` in the right number: ``plural(1, "window")`` -> ``"1 window"``, ``plural(3,
+    "window")`` -> ``"3 windows"``; ``plural`` is the plural form when it is not ``noun + "s"``."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mpi_s2.cli import build_parser, compose_config
+from mpi_s2.cli import build_parser, compose_config, main
 from mpi_s2.inputs.cloudmask import parse_mask_classes
 from mpi_s2.config import BandFiles
 from mpi_s2.errors import InputError, LaunchError
@@ -111,3 +111,120 @@ def test_launch_check_detects_srun_singletons():
     check_launch(4, {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4"})  # PMIx launch: fine
     check_launch(2, {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "OMPI_COMM_WORLD_SIZE": "2"})  # mpirun
     check_launch(1, {})  # plain process
+
+
+def test_plural():
+    from mpi_s2.text import plural
+
+    assert plural(1, "window") == "1 window" and plural(3, "window") == "3 windows"
+    assert plural(0, "rank") == "0 ranks" and plural(1, "rank") == "1 rank"
+    assert plural(2, "index", "indices") == "2 indices" and plural(1, "index", "indices") == "1 index"
+
+
+def usage_error(capsys, argv) -> str:
+    """The one stderr line of ``mpi-s2 ARGV``, a usage error (exit code 2)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpi_s2: error: "), captured.err
+    assert lines[0].count("error") == 1 and "mpi-s2:" not in lines[0] and not captured.out
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def no_launcher(monkeypatch):
+    """Usage errors are printed by launcher rank 0 only: be rank 0 whatever the environment."""
+    for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_creation_options_accumulate_into_a_dict():
+    parser = build_parser()
+    args = parser.parse_args(["compose", *BANDS, "--co", "compress=deflate", "--co", "ZLEVEL=6",
+                              "--co", "COMPRESS=ZSTD"])
+    assert args.co == {"COMPRESS": "ZSTD", "ZLEVEL": "6"}  # upper-cased keys; a key's last value wins
+    assert parser.parse_args(["compose", *BANDS]).co == {}  # the shared default was not changed
+    assert parser.parse_args(["convert", "run.h5", "-o", "o.tif", "--co", "blockxsize=256"]).co == {
+        "BLOCKXSIZE": "256"}
+
+
+@pytest.mark.parametrize("command", [["compose", *BANDS], ["convert", "run.h5", "-o", "o.tif"]])
+def test_bad_creation_option_is_a_one_line_usage_error(command, capsys):
+    line = usage_error(capsys, [*command, "--co", "COMPRESS"])
+    name = command[0]
+    assert line == (f"mpi_s2: error: {name}: argument --co: 'COMPRESS': expected KEY=VALUE, e.g. "
+                    f"--co COMPRESS=DEFLATE (see mpi-s2 {name} --help)")
+
+
+def test_unrecognized_option_names_the_command_and_the_closest_option(capsys):
+    line = usage_error(capsys, ["compose", *BANDS, "--quicklok"])
+    assert line == ("mpi_s2: error: compose: unrecognized argument --quicklok (did you mean --quicklook?) "
+                    "(see mpi-s2 compose --help)")
+    line = usage_error(capsys, ["convert", "run.h5", "-o", "o.tif", "--progres-file=p.jsonl", "--foo"])
+    assert line == ("mpi_s2: error: convert: unrecognized arguments --progres-file=p.jsonl (did you mean "
+                    "--progress-file?), --foo (see mpi-s2 convert --help)")
+    line = usage_error(capsys, ["compose", "a.SAFE", "-o", "o.tif", "b.SAFE"])
+    assert "compose: unrecognized argument b.SAFE (give all PRODUCTs together" in line
+
+
+def test_invalid_choice_suggests_the_closest(capsys):
+    line = usage_error(capsys, ["compose", *BANDS, "--resampling", "bilinaer"])
+    assert line.startswith("mpi_s2: error: compose: argument --resampling: invalid choice: 'bilinaer'")
+    assert "(did you mean bilinear?) (see mpi-s2 compose --help)" in line
+    line = usage_error(capsys, ["compos", *BANDS])
+    assert line.startswith("mpi_s2: error: argument command: invalid choice: 'compos'")
+    assert line.endswith("(did you mean compose?) (see mpi-s2 --help)")
+    assert "did you mean" not in usage_error(capsys, ["compose", *BANDS, "--schedule", "xyz"])
+
+
+@pytest.mark.parametrize("argv", [["synth", "--help"], ["synth", "products", "--help"], ["synth", "-h", "x"]])
+def test_synth_help_is_its_own(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: mpi-s2 synth OUTDIR [--product")
+    assert "mpi-s2 synth OUTDIR [--product]" in text and "--jp2-block" in text and "examples:" in text
+    assert "{compose,convert,synth}" not in text  # not the top-level help
+
+
+def test_synth_outdir_stays_positional():
+    args = build_parser().parse_args(["synth", "demo/scene", "--size", "4096"])  # as make demo runs it
+    assert (args.outdir, args.size, args.product) == ("demo/scene", 4096, False)
+    args = build_parser().parse_args(["synth", "--product", "--zip", "products"])
+    assert args.outdir == "products" and args.product and args.zip
+
+
+SHARED = {"output": "o.tif", "co": {}, "cog": False, "overwrite": False, "report": None, "schedule": "dynamic",
+          "progress_file": None}
+
+
+def test_shared_output_options_on_compose_and_convert():
+    parser = build_parser()
+    compose = vars(parser.parse_args(["compose", "-o", "o.tif"]))
+    convert = vars(parser.parse_args(["convert", "run.h5", "-o", "o.tif"]))
+    assert {k: compose[k] for k in SHARED} == {k: convert[k] for k in SHARED} == SHARED
+    given = ["-o", "x.tif", "--co", "A=1", "--cog", "--overwrite", "--report", "r.json", "--schedule", "static",
+             "--progress-file", "p.jsonl"]
+    compose = vars(parser.parse_args(["compose", *given]))
+    convert = vars(parser.parse_args(["convert", "run.h5", *given]))
+    assert {k: compose[k] for k in SHARED} == {k: convert[k] for k in SHARED} == {
+        "output": "x.tif", "co": {"A": "1"}, "cog": True, "overwrite": True, "report": "r.json",
+        "schedule": "static", "progress_file": "p.jsonl"}
+    # declared once: both subcommands hold the very same argparse actions
+    actions = {name: {a.dest: a for a in parser.commands[name]._actions} for name in ("compose", "convert")}
+    assert all(actions["compose"][dest] is actions["convert"][dest] for dest in SHARED)
+
+
+def test_progress_file_reaches_the_config():
+    assert parse().progress_file is None
+    assert parse("--progress-file", "run.progress.jsonl").progress_file == "run.progress.jsonl"
+
+
+def test_staging_dir_help_states_the_real_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compose", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Default: /dev/shm when all ranks run on one node" in text and ".OUTPUT.staging" in text

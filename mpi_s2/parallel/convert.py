@@ -31,6 +31,7 @@ from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, Roles
 from mpi_s2.planning.scheduling import WorkPlan
 from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.text import plural
 from mpi_s2.windows import Window, intersection, plan_windows
 from mpi_s2.worker.items import ItemWorker
 
@@ -61,7 +62,8 @@ def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, s
     attrs = read_attrs(path)
     status = attrs["window_status"]
     if not status.all():
-        raise OutputError(f"{path}: incomplete ({int(status.sum())} of {status.size} windows written); finish it "
+        written = f"{int(status.sum())} of {plural(status.size, 'window')} written"
+        raise OutputError(f"{path}: incomplete ({written}); finish it "
                           f"with 'compose --backend hdf5 --resume' and the same arguments")
     check_output_path(output, overwrite=overwrite, inputs=(path,))
     bands, height, width = attrs["shape"]
