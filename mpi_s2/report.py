@@ -8,10 +8,15 @@ import resource
 import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
-if TYPE_CHECKING:
-    from mpi_s2.inputs.block_counts import DecodeCounter
+class BlockCounts(Protocol):
+    """What a rank counted of the source blocks it decoded (:class:`mpi_s2.inputs.block_counts.DecodeCounter`)."""
+
+    decoded: dict[int, int]
+
+    def as_dict(self) -> dict[int, dict]: ...
+
 
 PHASES = ("read", "compute", "encode", "wait", "write")
 
@@ -39,7 +44,7 @@ class RankStats:
         finally:
             self.seconds[phase] += time.perf_counter() - start
 
-    def finish(self, counter: DecodeCounter | None = None) -> dict[str, Any]:
+    def finish(self, counter: BlockCounts | None = None) -> dict[str, Any]:
         """Record peak memory and CPU time and return a plain dict (for ``comm.gather``).
 
         ``cpu_s`` is the process's CPU time, all threads (GDAL decoder threads included). With a ``counter``,
@@ -65,7 +70,7 @@ def busy_imbalance(ranks: list[dict[str, Any]]) -> float | None:
     return round(max(busy) / mean, 4) if mean > 0 else None
 
 
-def saturation_point(ranks: list[dict[str, Any]]) -> dict[str, float] | None:
+def output_stage_capacity(ranks: list[dict[str, Any]]) -> dict[str, float] | None:
     """N*: how many workers one writer can serve, (mean worker CPU seconds per window) / (writer's per window).
 
     The writer's CPU time includes planning; a job with more workers than N* waits for its writer.
@@ -89,7 +94,7 @@ def build_report(summary: dict[str, Any], ranks: list[dict[str, Any]], wall_s: f
         "wall_s": round(wall_s, 4),
         "pixels_per_s": round(pixels / wall_s, 1) if wall_s > 0 else None,
         "worker_busy_imbalance": busy_imbalance(ranks),
-        "output_stage": saturation_point(ranks),
+        "output_stage": output_stage_capacity(ranks),
         "hosts": sorted({r["host"] for r in ranks}),
         "ranks": ranks,
     }

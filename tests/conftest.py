@@ -100,7 +100,8 @@ def error_lines(stderr: str) -> list[str]:
 
 def gdal_translate_reference(scene: dict[str, str], out: Path, offset: float = 0.0, scale: float = 10000.0,
                              max_reflectance: float = 1.0, gamma: float = 2.2) -> np.ndarray:
-    """RGB from the gdal_translate command line (DOMAIN.md section 2): an independent implementation."""
+    """RGB from the gdal_translate command line (-scale A B 0 255 -exponent 1/gamma, bit for bit the contract):
+    an independent implementation."""
     vrt = out.with_suffix(".vrt")
     subprocess.run(["gdalbuildvrt", "-q", "-separate", str(vrt), scene["red"], scene["green"], scene["blue"]],
                    check=True)

@@ -8,7 +8,7 @@ from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut, render_window
 
 
 def formula(dn: int, offset: float, scale: float, max_reflectance: float, gamma: float) -> int:
-    """DOMAIN.md section 2, scalar, with Python's math (not numpy)."""
+    """The radiometric contract, scalar, with Python's math (not numpy)."""
     reflectance = (dn + offset) / scale
     x = min(max(reflectance / max_reflectance, 0.0), 1.0)
     return math.floor(255 * x ** (1 / gamma) + 0.5)

@@ -18,12 +18,12 @@ from mpi_s2.scaling.model import (
     predict_wall,
     projection_ranks,
     remote_fraction,
-    saturation_point,
+    writer_saturation,
     strong_speedup,
     weak_speedup,
     workers,
 )
-from mpi_s2.scaling.study import add_ratios, calibrate, calibration_row
+from mpi_s2.scaling.model import add_ratios, calibrate, calibration_row
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_NODE = Cluster(ranks_per_node=4096)
@@ -44,7 +44,7 @@ def test_workers_are_all_ranks_but_the_writer():
 
 def test_writer_backend_is_linear_in_workers_until_the_writer_saturates():
     c = costs(worker=1.0, place=0.1)  # N* = 10 workers
-    assert saturation_point(c, 2, ONE_NODE) == pytest.approx(10.0)
+    assert writer_saturation(c, 2, ONE_NODE) == pytest.approx(10.0)
     speedup = strong_speedup(c, 100_000, [1, 5, 11, 100, 1000], "writer", ONE_NODE)
     assert speedup[1] == pytest.approx(4 * 1.1, rel=1e-3)  # 4 workers, T1 includes the placing
     assert speedup[2] == pytest.approx(10 * 1.1, rel=1e-3)  # exactly N* workers
@@ -69,8 +69,8 @@ def test_tiles_from_other_nodes_cost_the_writers_link():
     assert remote_fraction(4, cluster) == 0.0
     assert remote_fraction(8, cluster) == pytest.approx(4 / 7)
     c = costs(worker=1.0, place=0.0, encoded=1e5)  # 0.1 s per window over the link
-    assert saturation_point(c, 4, cluster) == math.inf
-    assert saturation_point(c, 1000, cluster) == pytest.approx(1.0 / (0.1 * 996 / 999), rel=1e-6)
+    assert writer_saturation(c, 4, cluster) == math.inf
+    assert writer_saturation(c, 1000, cluster) == pytest.approx(1.0 / (0.1 * 996 / 999), rel=1e-6)
 
 
 def test_hdf5_array_scales_past_the_writer_and_the_conversion_does_not():

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any
 
 import numpy as np
 
 from mpi_s2.errors import OutputError
-from mpi_s2.output.journal import commit_interval
 from mpi_s2.windows import Window
 
 FORMAT = 1
@@ -102,98 +100,6 @@ def read_attrs(path: str) -> dict[str, Any]:
             return out
     except OSError as exc:
         raise OutputError(f"{path}: cannot read the HDF5 file: {exc}") from None
-
-
-def collective_write(h5py, dset, dxpl, start: tuple[int, ...] | None, data: np.ndarray | None) -> None:
-    """One collective write of ``data`` at ``start`` in ``dset``, or of nothing (``None``): a rank with nothing
-    to write still takes part, which h5py's high-level ``dset[...] = ...`` would skip."""
-    fspace = dset.id.get_space()
-    if data is None:
-        fspace.select_none()
-        mspace = h5py.h5s.create_simple((1,))
-        mspace.select_none()
-        data = np.zeros(1, dtype=np.uint8)
-    else:
-        fspace.select_hyperslab(start, data.shape)
-        mspace = h5py.h5s.create_simple(data.shape)
-    dset.id.write(mspace, fspace, np.ascontiguousarray(data), dxpl=dxpl)
-
-
-class CollectiveWindowWriter:
-    """The workers' side: rounds of collective writes; the status of the windows written is updated after a
-    flush, every :func:`~mpi_s2.output.journal.commit_interval` seconds and at the end.
-
-    Every worker calls :meth:`write_round` the same number of times, with its windows of that round (possibly
-    none); inside, the ranks agree on the largest count and pad with empty writes, so every rank makes the
-    same number of collective calls whatever the schedule gave it. A flush (``MPI_File_sync``) writes back what
-    the page cache holds, so, as the writer backend's journal, it is done in groups: a crash loses at most one
-    interval of work.
-    """
-
-    def __init__(self, comm, path: str, n_windows: int):
-        self.h5py = load_h5py()
-        self.comm = comm
-        try:
-            self.file = self.h5py.File(path, "r+", driver="mpio", comm=comm)
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot open the HDF5 file for parallel writing: {exc}") from None
-        self.rgb = self.file["rgb"]
-        self.status = self.file["window_status"]
-        self.dxpl = self.h5py.h5p.create(self.h5py.h5p.DATASET_XFER)
-        self.dxpl.set_dxpl_mpio(self.h5py.h5fd.MPIO_COLLECTIVE)
-        self.done = self.status[...] if comm.rank == 0 else None
-        self.n_windows = n_windows
-        self.interval = commit_interval()
-        self._last_commit = time.monotonic()
-        self._unflushed: list[int] = []
-
-    def write_round(self, windows: list[tuple[int, Window, np.ndarray]]) -> bool:
-        """Write this rank's ``(index, window, block)`` of the round; False once no rank has anything left."""
-        from mpi4py import MPI
-
-        mine = np.array([len(windows), time.monotonic() - self._last_commit >= self.interval], dtype=np.int64)
-        agreed = np.empty(2, dtype=np.int64)
-        self.comm.Allreduce(mine, agreed, op=MPI.MAX)
-        count, commit = int(agreed[0]), bool(agreed[1])
-        if count == 0:
-            self._commit()
-            return False
-        for k in range(count):
-            if k < len(windows):
-                _, window, block = windows[k]
-                collective_write(self.h5py, self.rgb, self.dxpl, (0, window.row_off, window.col_off), block)
-            else:
-                collective_write(self.h5py, self.rgb, self.dxpl, None, None)
-        self._unflushed += [index for index, _, _ in windows]
-        if commit:
-            self._commit()
-        return True
-
-    def _commit(self) -> None:
-        """Flush the pixels, then mark their windows written and flush that (collective)."""
-        self.file.flush()
-        written = self.comm.gather(self._unflushed, root=0)
-        if self.comm.rank == 0:
-            for indices in written:
-                self.done[indices] = STATUS_WRITTEN
-            collective_write(self.h5py, self.status, self.dxpl, (0,), self.done)
-        else:
-            collective_write(self.h5py, self.status, self.dxpl, None, None)
-        self.file.flush()
-        self._unflushed = []
-        self._last_commit = time.monotonic()
-
-    def close(self) -> None:
-        self.file.close()
-
-    def close_quietly(self) -> None:
-        """After a failed write, alone in the file: drop every handle so that nothing complains at exit."""
-        for name in ("rgb", "status", "dxpl"):
-            setattr(self, name, None)
-        try:
-            self.file.close()
-        except Exception:  # noqa: BLE001 - the failure being reported is the write's, not this one
-            pass
 
 
 class WindowReader:

@@ -24,7 +24,8 @@ from mpi4py import MPI
 from mpi_s2 import faults
 from mpi_s2.errors import MpiS2Error, OutputError
 from mpi_s2.output.fingerprint import describe_mismatch
-from mpi_s2.output.hdf5_store import CollectiveWindowWriter, create_store, h5_path, read_attrs
+from mpi_s2.output.hdf5_store import create_store, h5_path, read_attrs
+from mpi_s2.parallel.collective_rounds import CollectiveWindowWriter
 from mpi_s2.parallel.convert import convert_store
 from mpi_s2.parallel.leftovers import forget_note
 from mpi_s2.parallel.output_stage import LocalFeed, MpiFeed, WorkFeed, receive_windows

@@ -1,6 +1,6 @@
 """Radiometry: Sentinel-2 digital numbers to 8-bit display values.
 
-The contract (DOMAIN.md section 2), per band::
+The radiometric contract, per band::
 
     reflectance = (DN + offset) / scale
     out = floor(255 * clip(reflectance / max_reflectance, 0, 1) ** (1 / gamma) + 0.5)

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mpi_s2.errors import InputError
 from mpi_s2.planning.stage_plan import StageUnit
 from mpi_s2.windows import Window
 
@@ -113,7 +114,7 @@ class Scheduler:
                  windows: Sequence[int] | None = None):
         """``windows``: the indices of the windows to hand out (default all; a resumed run omits those done)."""
         if policy not in SCHEDULES:
-            raise ValueError(f"unknown schedule {policy!r}; known: {', '.join(SCHEDULES)}")
+            raise InputError(f"unknown schedule {policy!r}; known: {', '.join(SCHEDULES)}")
         self.policy = policy
         self.workers = tuple(workers)
         self.n_stage = n_stage

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mpi_s2.scaling.model import DEFAULT_CLUSTER, Cluster, saturation_point
+from mpi_s2.scaling.model import DEFAULT_CLUSTER, Cluster, writer_saturation
 from mpi_s2.scaling.plot import projections
 
 HEADERS = [("ranks", "ranks"), ("workers", "workers"), ("nodes", "nodes"), ("size", "input px"),
@@ -33,8 +33,8 @@ def study_section(rows: list[dict[str, str]], cluster: Cluster) -> str:
     lines += ["", f"Per-window costs from the {proj['calibrated_on']}-rank run: decode {costs.decode:.4f} s, compose "
               f"{costs.compose:.4f} s, encode {costs.encode:.4f} s (workers), place {costs.place:.5f} s (writer), "
               f"{costs.encoded_bytes / 1e6:.2f} MB encoded / {costs.raw_bytes / 1e6:.2f} MB raw per window, "
-              f"set-up {costs.setup:.2f} s. Writer saturation N* = {saturation_point(costs, 2, cluster):.0f} "
-              f"workers on one node, {saturation_point(costs, 1024, cluster):.0f} with tiles arriving over "
+              f"set-up {costs.setup:.2f} s. Writer saturation N* = {writer_saturation(costs, 2, cluster):.0f} "
+              f"workers on one node, {writer_saturation(costs, 1024, cluster):.0f} with tiles arriving over "
               f"the link. Assumed: {cluster.describe()}.", ""]
     ranks = proj["ranks"]
     lines.append("| projection | " + " | ".join(f"{n} ranks" for n in MILESTONES) + " |")

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
+
+from mpi_s2.errors import InputError
 
 #: writer: the default backend; hdf5: collective HDF5, converted in the same job; hdf5-array: the HDF5 backend's
 #: composing alone (``--keep-h5``, the conversion left to a later, smaller job or not needed)
@@ -69,7 +72,7 @@ DEFAULT_CLUSTER = Cluster()
 def workers(ranks: int) -> int:
     """Ranks that compute windows: all but rank 0, except in a one-rank job, where one process does everything."""
     if ranks < 1:
-        raise ValueError(f"ranks must be >= 1, got {ranks}")
+        raise InputError(f"ranks must be >= 1, got {ranks}")
     return 1 if ranks == 1 else ranks - 1
 
 
@@ -84,9 +87,9 @@ def predict_wall(costs: WindowCosts, windows: int, ranks: int, backend: str = "w
                  cluster: Cluster = DEFAULT_CLUSTER) -> float:
     """Projected wall seconds of a job of ``windows`` windows on ``ranks`` ranks."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if windows < 1:
-        raise ValueError(f"windows must be >= 1, got {windows}")
+        raise InputError(f"windows must be >= 1, got {windows}")
     p = workers(ranks)
     share = math.ceil(windows / p)
     link = remote_fraction(ranks, cluster) * costs.encoded_bytes / cluster.link_bytes_per_s
@@ -108,7 +111,7 @@ def predict_wall(costs: WindowCosts, windows: int, ranks: int, backend: str = "w
     return costs.setup + compose + convert
 
 
-def saturation_point(costs: WindowCosts, ranks: int, cluster: Cluster = DEFAULT_CLUSTER) -> float:
+def writer_saturation(costs: WindowCosts, ranks: int, cluster: Cluster = DEFAULT_CLUSTER) -> float:
     """N*: workers one writer can serve at this job size (its link included once tiles come from other nodes)."""
     link = remote_fraction(ranks, cluster) * costs.encoded_bytes / cluster.link_bytes_per_s
     return costs.worker / (costs.place + link) if costs.place + link > 0 else math.inf
@@ -136,3 +139,51 @@ def projection_ranks(limit: int = 1024) -> list[int]:
         ranks.update({power, min(limit, power * 3 // 2)})
         power *= 2
     return sorted(r for r in ranks if r <= limit)
+
+
+def add_ratios(kind: str, rows: list[dict[str, Any]]) -> None:
+    """Speed-up and efficiency against the one-rank row (or the smallest rank count measured)."""
+    base = min(rows, key=lambda r: int(r["ranks"]))
+    t1, n1 = float(base["wall_s"]), int(base["ranks"])
+    for row in rows:
+        n, tn = int(row["ranks"]), float(row["wall_s"])
+        if kind == "strong":
+            speedup = t1 / tn * n1
+            efficiency = speedup / n
+        else:
+            efficiency = t1 / tn
+            speedup = efficiency * n
+        row["speedup"], row["efficiency"] = round(speedup, 3), round(efficiency, 3)
+
+
+def calibration_row(rows: list[dict[str, str]]) -> dict[str, str]:
+    """The run whose per-window costs stand for one core: the most workers that still had a core each
+    (oversubscribed runs inflate every phase), or the smallest run if none qualifies."""
+    def fits(row: dict[str, str]) -> bool:
+        per_node = int(row["workers"]) / max(1, int(row["nodes"]))
+        return per_node <= int(row["cores_per_node"])
+    fitting = [r for r in rows if fits(r)]
+    if fitting:
+        return max(fitting, key=lambda r: (int(r["workers"]), -int(r["ranks"])))
+    return min(rows, key=lambda r: int(r["ranks"]))
+
+
+def calibrate(row: dict[str, str]) -> WindowCosts:
+    """Per-window costs from one CSV row (its means per worker times the workers, over the windows)."""
+    windows = max(1, int(row["windows"]))
+    n_workers = int(row["workers"])
+    per_window = n_workers / windows
+    decode = float(row["read_s"]) * per_window
+    compose = float(row["compute_s"]) * per_window
+    encode = float(row["encode_s"]) * per_window
+    place = float(row["writer_write_s"]) / windows
+    raw = 4.0 * int(row["width"]) * int(row["height"]) / windows
+    encoded = float(row["output_bytes"]) / windows if row.get("output_bytes") else raw
+    ranks = int(row["ranks"])
+    share = -(-windows // workers(ranks))
+    busy = windows * (decode + compose + encode + place) if ranks == 1 else max(
+        share * (decode + compose + encode), windows * place)
+    setup = max(0.0, float(row["wall_s"]) - busy)
+    return WindowCosts(decode, compose, encode, place, encoded, raw, setup)
+
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpi_s2.scaling.model import (
+from mpi_s2.scaling.model import (calibrate, calibration_row,
     BACKENDS,
     DEFAULT_CLUSTER,
     Cluster,
@@ -12,7 +12,6 @@ from mpi_s2.scaling.model import (
     strong_speedup,
     weak_speedup,
 )
-from mpi_s2.scaling.study import calibrate, calibration_row
 
 #: the cluster-scale job the projection also draws: a regional mosaic of this many full Sentinel-2 tiles
 MOSAIC_TILES = 100

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mpi_s2.errors import StudyError
-from mpi_s2.scaling.model import WindowCosts, workers
+from mpi_s2.errors import InputError, StudyError
+from mpi_s2.scaling.model import add_ratios
 
 STUDIES = ("strong", "weak")
 INPUTS = ("jp2", "gtiff")
@@ -52,15 +52,15 @@ class Study:
 
     def __post_init__(self) -> None:
         if self.kind not in STUDIES:
-            raise ValueError(f"study must be one of {STUDIES}, got {self.kind!r}")
+            raise InputError(f"study must be one of {STUDIES}, got {self.kind!r}")
         if self.input not in INPUTS:
-            raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
+            raise InputError(f"input must be one of {INPUTS}, got {self.input!r}")
         if self.launcher not in LAUNCHERS:
-            raise ValueError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
+            raise InputError(f"launcher must be one of {LAUNCHERS}, got {self.launcher!r}")
         if not self.ranks or min(self.ranks) < 1:
-            raise ValueError(f"rank counts must be >= 1, got {self.ranks}")
+            raise InputError(f"rank counts must be >= 1, got {self.ranks}")
         if self.repeat < 1 or self.size < 1 or self.window < 1:
-            raise ValueError("repeat, size and window must be >= 1")
+            raise InputError("repeat, size and window must be >= 1")
         self.ranks = sorted(set(self.ranks))
 
     def shape(self, ranks: int) -> tuple[int, int]:
@@ -142,21 +142,6 @@ def row_from_report(report: dict[str, Any], wall_s: float) -> dict[str, Any]:
     }
 
 
-def add_ratios(kind: str, rows: list[dict[str, Any]]) -> None:
-    """Speed-up and efficiency against the one-rank row (or the smallest rank count measured)."""
-    base = min(rows, key=lambda r: int(r["ranks"]))
-    t1, n1 = float(base["wall_s"]), int(base["ranks"])
-    for row in rows:
-        n, tn = int(row["ranks"]), float(row["wall_s"])
-        if kind == "strong":
-            speedup = t1 / tn * n1
-            efficiency = speedup / n
-        else:
-            efficiency = t1 / tn
-            speedup = efficiency * n
-        row["speedup"], row["efficiency"] = round(speedup, 3), round(efficiency, 3)
-
-
 def run_study(study: Study, log=print) -> list[dict[str, Any]]:
     """Run every rank count ``study.repeat`` times; write and return the rows (also ``DIR/KIND.csv``)."""
     os.makedirs(study.directory, exist_ok=True)
@@ -216,32 +201,3 @@ def read_csv(path: str) -> list[dict[str, str]]:
     return rows
 
 
-def calibration_row(rows: list[dict[str, str]]) -> dict[str, str]:
-    """The run whose per-window costs stand for one core: the most workers that still had a core each
-    (oversubscribed runs inflate every phase), or the smallest run if none qualifies."""
-    def fits(row: dict[str, str]) -> bool:
-        per_node = int(row["workers"]) / max(1, int(row["nodes"]))
-        return per_node <= int(row["cores_per_node"])
-    fitting = [r for r in rows if fits(r)]
-    if fitting:
-        return max(fitting, key=lambda r: (int(r["workers"]), -int(r["ranks"])))
-    return min(rows, key=lambda r: int(r["ranks"]))
-
-
-def calibrate(row: dict[str, str]) -> WindowCosts:
-    """Per-window costs from one CSV row (its means per worker times the workers, over the windows)."""
-    windows = max(1, int(row["windows"]))
-    n_workers = int(row["workers"])
-    per_window = n_workers / windows
-    decode = float(row["read_s"]) * per_window
-    compose = float(row["compute_s"]) * per_window
-    encode = float(row["encode_s"]) * per_window
-    place = float(row["writer_write_s"]) / windows
-    raw = 4.0 * int(row["width"]) * int(row["height"]) / windows
-    encoded = float(row["output_bytes"]) / windows if row.get("output_bytes") else raw
-    ranks = int(row["ranks"])
-    share = -(-windows // workers(ranks))
-    busy = windows * (decode + compose + encode + place) if ranks == 1 else max(
-        share * (decode + compose + encode), windows * place)
-    setup = max(0.0, float(row["wall_s"]) - busy)
-    return WindowCosts(decode, compose, encode, place, encoded, raw, setup)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real, throw-away Slurm cluster on this machine, for tests and for trying the sbatch jobs (needs root).
-# Every node is emulated the same way, for any N >= 1 (see DOMAIN.md sections 6 and 7):
+# Every node is emulated the same way, for any N >= 1 (see docs/cluster.md):
 #   - a controller network namespace (mpi_s2-ctl) with a bridge holding the controller address (10.199.77.1),
 #     running slurmctld; one namespace per node (mpi_s2-nodeK, 10.199.77.(10+K)) with a veth into that bridge,
 #     running a real slurmd. Nothing touches the host's network, hostname, ports or /etc/hosts.
