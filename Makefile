@@ -33,13 +33,14 @@ SCALING_ARGS = --ranks $(SCALING_RANKS) --dir $(SCALING_DIR) --size $(SCALING_SI
   --input $(SCALING_INPUT) --window $(SCALING_WINDOW) --backend $(SCALING_BACKEND)
 SCALING_MAX_RANKS = $(shell echo $(SCALING_RANKS) | tr ',' '\n' | sort -n | tail -n 1)
 
-.PHONY: help system-deps venv demo test test-unit test-mpi test-slow test-fresh bench scaling-strong scaling-weak \
+.PHONY: help system-deps venv demo test lint test-unit test-mpi test-slow test-fresh bench scaling-strong scaling-weak \
   scaling-report clean
 
 help:
 	@echo "make venv    - set up .venv: Debian packages (as root) and an editable install of mpi_s2"
 	@echo "make demo    - set up .venv, make a synthetic scene, compose it with 3 MPI ranks"
-	@echo "make test    - set up .venv and run the whole test suite (unit, process and in-process MPI tests)"
+	@echo "make test    - set up .venv, run ruff and mypy (make lint), then the whole test suite (unit, process, MPI)"
+	@echo "make lint    - ruff check and mypy on the package (a finding fails; part of make test)"
 	@echo "make test-slow - a real > 4 GB BigTIFF output (about a minute, 6 GB of disk; not in make test)"
 	@echo "make test-fresh - as root: make demo and make test on a fresh Debian 12 root (debootstrap, chroot)"
 	@echo "make bench   - full-size GeoTIFF tile, JPEG 2000 product and 2 x 2 JPEG 2000 mosaic: gdal_translate vs mpi_s2"
@@ -47,7 +48,7 @@ help:
 
 # The Debian stack (GDAL, Open MPI, mpi4py, parallel h5py; wheel for pip's editable install) is installed when
 # missing, as root. Without root, the goals that need it stop at once with one line: the command to run as root.
-SYSTEM_GOALS := demo test test-unit test-mpi test-slow venv bench system-deps scaling-strong scaling-weak scaling-report
+SYSTEM_GOALS := demo test lint test-unit test-mpi test-slow venv bench system-deps scaling-strong scaling-weak scaling-report
 ifneq ($(filter $(SYSTEM_GOALS),$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
 ifneq ($(shell command -v dpkg-query),)
 NEEDED_PACKAGES := $(DEBIAN_PACKAGES) $(if $(filter test test-unit,$(MAKECMDGOALS)),$(CLUSTER_PACKAGES))
@@ -82,8 +83,13 @@ demo: venv
 	@echo "GeoTIFF: $(abspath $(DEMO_DIR))/rgb.tif   (run report: $(abspath $(DEMO_DIR))/run.json)"
 	@echo "quicklook: $(abspath $(DEMO_DIR))/rgb.png"
 
-# In-process MPI tests on 2 and 3 ranks (pytest-mpi), then unit and process tests (these launch mpirun).
-test: venv test-mpi test-unit
+# Checked habits first (ruff, mypy: a finding fails), then in-process MPI tests on 2 and 3 ranks (pytest-mpi),
+# then unit and process tests (these launch mpirun).
+test: venv lint test-mpi test-unit
+
+lint: venv
+	$(PY) -m ruff check mpi_s2 tests
+	$(PY) -m mypy
 
 test-unit:
 	$(PY) -m pytest --color=no --durations=15 -m "not mpi and not slow" tests
