@@ -84,7 +84,7 @@ def choose_window_size(
             raise WindowError(f"--window must be > 0, got {override}")
         return (min(override, raster_size[0]), min(override, raster_size[1]))
     sizes = []
-    for block, full in zip(block_size, raster_size):
+    for block, full in zip(block_size, raster_size, strict=True):
         if block >= full:  # one block spans the axis: any cut decodes that block anyway
             sizes.append(min(DEFAULT_WINDOW_TARGET, full))
         else:

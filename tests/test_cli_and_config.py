@@ -3,11 +3,11 @@
 import pytest
 
 from mpi_s2.cli import build_parser, compose_config, main
-from mpi_s2.inputs.cloudmask import parse_mask_classes
 from mpi_s2.config import BandFiles
 from mpi_s2.errors import InputError, LaunchError
-from mpi_s2.parallel.runtime import check_launch
+from mpi_s2.inputs.cloudmask import parse_mask_classes
 from mpi_s2.output.profiles import creation_options, parse_creation_option
+from mpi_s2.parallel.runtime import check_launch
 
 BANDS = ["--red", "r.tif", "--green", "g.tif", "--blue", "b.tif", "-o", "out.tif"]
 

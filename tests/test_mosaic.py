@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, osr
+from test_products import MASKED, product_files, scl_on_10m
+
+from mpi_s2.tools.synth import ORIGIN, ProductOptions, synthesize_product
 
 from conftest import gdal_translate_reference, read_array, run_mpi_s2
-from mpi_s2.tools.synth import ORIGIN, ProductOptions, synthesize_product
-from test_products import MASKED, product_files, scl_on_10m
 
 A_SIZE = (1300, 1100)  # width, height of product A (tile 32TMS)
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
+from test_mosaic import _corner_in_zone_33, expected_tile, paste
+
+from mpi_s2.tools.synth import ORIGIN, ProductOptions, synthesize_product
 
 from conftest import MPIRUN, PYTHON, clean_env, read_array, run_mpi_s2
-from mpi_s2.tools.synth import ORIGIN, ProductOptions, synthesize_product
-from test_mosaic import _corner_in_zone_33, expected_tile, paste
 
 TILE, SPACING, BLOCK = 1200, 1000, 256
 DECODED = re.compile(r"OPENJPEG: info: Tile \d+/\d+ has been decoded")
@@ -46,7 +47,8 @@ def grid_2x2_reference(grid_2x2, tmp_path_factory):
     expected = np.zeros((3, size, size), dtype=np.uint8)
     alpha = np.zeros((size, size), dtype=np.uint8)
     placements = [(0, 0), (SPACING, 0), (0, SPACING), (SPACING, SPACING)]
-    for product, (col, row) in reversed(list(zip(grid_2x2, placements))):  # the first input pasted last wins
+    # the first input pasted last wins
+    for product, (col, row) in reversed(list(zip(grid_2x2, placements, strict=True))):
         ref, valid = expected_tile(product, tmp, True)
         paste(expected, alpha, ref, valid, col, row)
     return expected, alpha

@@ -49,8 +49,8 @@ def test_scatter_gives_each_worker_exactly_its_first_batch(comm):
 
 def test_every_rank_gets_identical_lookup_tables(comm, scene, mpi_tmp_path):
     from mpi_s2.parallel.compose import broadcast_luts, broadcast_plan
-    from mpi_s2.pixels.radiometry import Stretch, build_lut
     from mpi_s2.parallel.roles import Roles
+    from mpi_s2.pixels.radiometry import Stretch, build_lut
 
     roles = Roles(comm.rank, comm.size)
     plan = broadcast_plan(comm, roles, config_for(scene, mpi_tmp_path / "x.tif", offset=-1000.0, gamma=2.0))
@@ -78,10 +78,9 @@ def test_compose_in_process_matches_reference(comm, scene, reference, valid, mpi
 
 
 def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_tmp_path):
+    from mpi_s2.config import BandFiles
     from mpi_s2.errors import CollectiveFailure
     from mpi_s2.parallel.compose import compose
-
-    from mpi_s2.config import BandFiles
 
     bad = config_for(scene, mpi_tmp_path / "o.tif",
                      bands=BandFiles(scene["red"], str(mpi_tmp_path / "nope.tif"), scene["blue"]))
@@ -93,10 +92,9 @@ def test_planning_error_is_raised_on_every_rank_without_abort(comm, scene, mpi_t
 
 
 def test_run_job_reports_once_and_returns_exit_code(comm, scene, mpi_tmp_path, capfd):
-    from mpi_s2.parallel.runtime import run_job
-    from mpi_s2.parallel.compose import compose
-
     from mpi_s2.config import BandFiles
+    from mpi_s2.parallel.compose import compose
+    from mpi_s2.parallel.runtime import run_job
 
     bad = config_for(scene, mpi_tmp_path / "o.tif",
                      bands=BandFiles(str(mpi_tmp_path / "missing.tif"), scene["green"], scene["blue"]))

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import compose_args, read_array, run_mpi_s2
 from mpi_s2.output.tiff_assembly import CLASSIC_TIFF_LIMIT, needs_bigtiff
 from mpi_s2.output.tile_encoding import workers_can_compress
 from mpi_s2.output.tile_messages import RAW_PIECE, pack_tiles, unpack_tiles
 from mpi_s2.windows import TileLayout
+
+from conftest import compose_args, read_array, run_mpi_s2
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import compose_args, error_lines, gdal_translate_reference, read_array, run_mpi_s2
 from mpi_s2.tools.synth import ProductOptions, synthesize_product
+
+from conftest import compose_args, error_lines, gdal_translate_reference, read_array, run_mpi_s2
 
 MASKED = (3, 8, 9, 10)
 REAL = Path(os.environ.get("MPI_S2_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "s2-real"))

@@ -15,15 +15,17 @@ from mpi_s2.parallel.gdal_env import explicit_threads, node_threads, slurm_cpus_
 from mpi_s2.scaling.model import (
     Cluster,
     WindowCosts,
+    add_ratios,
+    calibrate,
+    calibration_row,
     predict_wall,
     projection_ranks,
     remote_fraction,
-    writer_saturation,
     strong_speedup,
     weak_speedup,
     workers,
+    writer_saturation,
 )
-from mpi_s2.scaling.model import add_ratios, calibrate, calibration_row
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_NODE = Cluster(ranks_per_node=4096)

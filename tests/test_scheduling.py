@@ -2,11 +2,21 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpi_s2.parallel.roles import Roles
-from mpi_s2.planning.scheduling import (KIND_STAGE, KIND_WINDOW, MAX_BATCH, Scheduler, WorkItem,
-                                        contiguous_shares, guided_batch, items_to_table, table_to_items)
+from mpi_s2.planning.scheduling import (
+    KIND_STAGE,
+    KIND_WINDOW,
+    MAX_BATCH,
+    Scheduler,
+    WorkItem,
+    contiguous_shares,
+    guided_batch,
+    items_to_table,
+    table_to_items,
+)
 from mpi_s2.planning.stage_plan import StageUnit
 from mpi_s2.windows import Window, plan_windows
 

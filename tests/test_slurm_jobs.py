@@ -1,5 +1,5 @@
-"""Every job script in jobs/ submitted with sbatch to a real Slurm the tests start (tests/cluster/local-cluster.sh): one node,
-then two emulated nodes (network namespaces), so that ranks really span hosts and talk TCP.
+"""Every job script in jobs/ submitted with sbatch to a real Slurm the tests start (tests/cluster/local-cluster.sh):
+one node, then two emulated nodes (network namespaces), so that ranks really span hosts and talk TCP.
 
 Needs root (slurmd, namespaces) and Debian's slurm-wlm, munge and iproute2, which `make test` installs. Without
 them these tests are skipped, except under CI (CI=true), where a skip would hide a missing install step.
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import clean_env, read_array
 from osgeo import gdal
+
+from conftest import clean_env, read_array
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_CLUSTER = REPO / "tests" / "cluster" / "local-cluster.sh"

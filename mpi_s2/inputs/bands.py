@@ -98,14 +98,14 @@ def same_crs(wkt_a: str, wkt_b: str) -> bool:
 def same_geotransform(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     """Geotransforms equal to a millionth of a pixel."""
     tolerance = 1e-6 * max(abs(a[1]), abs(a[5]), 1e-12)
-    return all(abs(x - y) <= tolerance for x, y in zip(a, b))
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
 def inspect_band_set(paths: tuple[str, str, str]) -> tuple[Grid, tuple[BandInfo, ...]]:
     """Inspect red, green and blue files and check they share one grid; return it with each band's info."""
     infos = tuple(inspect_band(p) for p in paths)
     first = infos[0]
-    for name, info in zip(BAND_NAMES[1:], infos[1:]):
+    for name, info in zip(BAND_NAMES[1:], infos[1:], strict=True):
         if info.grid.size != first.grid.size:
             raise InputError(
                 f"{info.path}: {name} band is {info.grid.width} x {info.grid.height} pixels, "
@@ -128,8 +128,8 @@ def inspect_mask(path: str) -> BandInfo:
     if band.DataType != gdal.GDT_Byte:
         raise InputError(f"{path}: scene classification band is {gdal.GetDataTypeName(band.DataType)}, "
                          "expected Byte (SCL classes 0..11)")
-    grid = Grid(ds.RasterXSize, ds.RasterYSize, tuple(ds.GetGeoTransform()), ds.GetProjection() or "")  # type: ignore
-    return BandInfo(path=path, grid=grid, block_size=tuple(band.GetBlockSize()), data_type="Byte")  # type: ignore
+    grid = Grid(ds.RasterXSize, ds.RasterYSize, tuple(ds.GetGeoTransform()), ds.GetProjection() or "")
+    return BandInfo(path=path, grid=grid, block_size=tuple(band.GetBlockSize()), data_type="Byte")
 
 
 class TileReader:
@@ -143,9 +143,9 @@ class TileReader:
                  mask_dataset: str | None = None, on_decode: Callable[[str, Window], None] | None = None):
         """``on_decode(file, window)`` is called after each read of a band file itself (not of a copy or VRT)."""
         self.files = files + ((mask_file,) if mask_file else ())
-        self._decodes = [on_decode if on_decode and d == f else None
-                         for f, d in zip(self.files, datasets + ((mask_dataset,) if mask_dataset else ()))]
-        self._datasets = [self._open(f, d) for f, d in zip(self.files, datasets + ((mask_dataset,) if mask_dataset else ()))]
+        pairs = list(zip(self.files, datasets + ((mask_dataset,) if mask_dataset else ()), strict=True))
+        self._decodes = [on_decode if on_decode and d == f else None for f, d in pairs]
+        self._datasets = [self._open(f, d) for f, d in pairs]
         self._bands = [ds.GetRasterBand(1) for ds in self._datasets]
         self.has_mask = mask_dataset is not None
 

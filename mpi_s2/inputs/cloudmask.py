@@ -6,7 +6,6 @@ import numpy as np
 
 from mpi_s2.errors import InputError
 
-
 SCL_CLASSES = {
     0: "no data", 1: "saturated or defective", 2: "dark area / cast shadow", 3: "cloud shadow",
     4: "vegetation", 5: "not vegetated", 6: "water", 7: "unclassified", 8: "cloud medium probability",

@@ -58,4 +58,4 @@ class CoarseLevels:
 
     def close(self) -> None:
         self._rasters = {}
-        self._store = None
+        del self._store  # unmaps the scratch file

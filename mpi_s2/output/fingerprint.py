@@ -57,7 +57,7 @@ def first_difference(stored: Any, current: Any, where: str = "") -> str | None:
                 return found
         return None
     if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
-        for i, (a, b) in enumerate(zip(stored, current)):
+        for i, (a, b) in enumerate(zip(stored, current, strict=True)):
             found = first_difference(a, b, f"{where}[{i}]")
             if found:
                 return found
@@ -78,7 +78,7 @@ def describe_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> str | 
     if [f[0] for f in old] != [f[0] for f in new]:
         paths = [f[0] for f in new if f[0] not in {g[0] for g in old}] or [f[0] for f in old]
         return f"the inputs differ from the partial run's (e.g. {paths[0]})"
-    for before, now in zip(old, new):
+    for before, now in zip(old, new, strict=True):
         if before != now:
             return f"input {now[0]} changed since the partial run (size or modification time)"
     return first_difference(stored, current)

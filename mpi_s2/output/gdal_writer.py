@@ -9,15 +9,16 @@ run never leaves a half-written file under the name the user asked for.
 from __future__ import annotations
 
 import os
+
 import numpy as np
 from osgeo import gdal
 
 from mpi_s2 import __version__
-from mpi_s2.output.free_space import full_disk_error
 from mpi_s2.errors import OutputError
-from mpi_s2.output.profiles import as_gdal_list
+from mpi_s2.output.free_space import full_disk_error
 from mpi_s2.output.paths import partial_path, remove_partial
 from mpi_s2.output.plan import OutputSpec
+from mpi_s2.output.profiles import as_gdal_list
 from mpi_s2.windows import Window
 
 gdal.UseExceptions()

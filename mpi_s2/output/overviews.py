@@ -46,7 +46,7 @@ def check_window_size(window_size: tuple[int, int], raster_size: tuple[int, int]
     """Raise :class:`OutputError` when a level's cells could span two windows: a window edge that is not a
     multiple of the coarsest cell (unless one window spans that axis)."""
     factor = 1 << levels
-    for edge, full in zip(window_size, raster_size):
+    for edge, full in zip(window_size, raster_size, strict=True):
         if edge % factor and edge < full:
             raise OutputError(f"--cog: {levels} overview levels need windows that are multiples of {factor} "
                               f"pixels, got {window_size[0]} x {window_size[1]}")
@@ -58,7 +58,7 @@ def worker_levels(window_size: tuple[int, int], raster_size: tuple[int, int], ti
     one window spans an axis, the whole level)."""
     encoded = 0
     for level in range(1, levels + 1):
-        for edge, full, t in zip(window_size, raster_size, tile):
+        for edge, full, t in zip(window_size, raster_size, tile, strict=True):
             share = edge >> level
             if edge < full and (share < t or share % t or edge % (1 << level)):
                 return encoded

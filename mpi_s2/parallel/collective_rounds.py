@@ -83,6 +83,7 @@ class CollectiveWindowWriter:
         self.file.flush()
         written = self.comm.gather(self._unflushed, root=0)
         if self.comm.rank == 0:
+            assert self.done is not None and written is not None
             for indices in written:
                 self.done[indices] = STATUS_WRITTEN
             collective_write(self.h5py, self.status, self.dxpl, (0,), self.done)

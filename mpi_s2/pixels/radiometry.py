@@ -13,7 +13,6 @@ Nodata (DN 0 in any band) is decided separately and never confused with a valid 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,7 +92,7 @@ def render_window(
     valid = valid_mask(bands)
     if invalid is not None:
         valid &= ~invalid
-    for i, (band, lut) in enumerate(zip(bands, luts)):
+    for i, (band, lut) in enumerate(zip(bands, luts, strict=True)):
         np.take(lut, band, out=out[i])
         out[i] *= valid  # 0 on invalid pixels; uint8 * bool stays uint8
     if alpha:

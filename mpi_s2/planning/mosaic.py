@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from osgeo import gdal, osr
 
 from mpi_s2.errors import InputError
-from mpi_s2.pixels.radiometry import Stretch
 from mpi_s2.inputs.bands import BandInfo, Grid, inspect_band_set, inspect_mask, same_crs
+from mpi_s2.pixels.radiometry import Stretch
 from mpi_s2.windows import Window
 
 gdal.UseExceptions()
@@ -129,7 +129,7 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
         origin = (math.floor(minx / res) * res, math.ceil(maxy / res) * res)
 
     placed: list[tuple] = []
-    for tile, (grid, _infos) in zip(tiles, inspected):
+    for tile, (grid, _infos) in zip(tiles, inspected, strict=True):
         gt = grid.geotransform
         col = (gt[0] - origin[0]) / res
         row = (origin[1] - gt[3]) / res

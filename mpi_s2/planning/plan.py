@@ -119,7 +119,7 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     sources, staged, units, staging = plan_staging(placed, output.window_size, config.output,
                                                    cloud_mask=config.cloud_mask, parent=config.staging_dir,
                                                    single_node=single_node)
-    copied = [s.placement for s, before in zip(sources, placed) if s != before]
+    copied = [s.placement for s, before in zip(sources, placed, strict=True) if s != before]
     independent = tuple(not any(intersection(w, p) for p in copied) for w in output.windows)
     output = dataclasses.replace(output, fingerprint=_fingerprint(config, sources, output))
     return Plan(config, grid, tuple(sources), block_size, output, staged=tuple(staged), stage_units=tuple(units),

@@ -111,7 +111,7 @@ def _staged_files(sources: list[TileSource], window_size: tuple[int, int], cloud
     plan = []
     for i, source in enumerate(sources):
         if not reads_directly(source, window_size):
-            for band, f in zip(("red", "green", "blue"), source.files):
+            for band, f in zip(("red", "green", "blue"), source.files, strict=True):
                 plan.append((i, band, f, "UInt16", source.block_size, source.band_grid))
         if cloud_mask and source.scl and source.mask_warp:
             info = inspect_mask(source.scl)
@@ -183,7 +183,7 @@ def plan_staging(sources: list[TileSource], window_size: tuple[int, int], output
         k = len(staged) - 1
         if kind == "scl":
             units += [StageUnit(i, (k,), w) for w in unit_windows(grid, block)]
-            changes[i]["mask_dataset"] = sources[i].mask_warp.xml(staged[k].vrt)  # type: ignore[union-attr]
+            changes[i]["mask_dataset"] = sources[i].mask_warp.xml(staged[k].vrt)
         elif kind == "blue":
             idx = (k - 2, k - 1, k)
             units += [StageUnit(i, idx, w) for w in unit_windows(grid, block)]

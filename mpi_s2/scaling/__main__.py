@@ -12,10 +12,10 @@ import argparse
 import os
 import sys
 
+from mpi_s2.errors import StudyError
 from mpi_s2.scaling.markdown import report
 from mpi_s2.scaling.model import Cluster
 from mpi_s2.scaling.plot import plot
-from mpi_s2.errors import StudyError
 from mpi_s2.scaling.study import INPUTS, LAUNCHERS, STUDIES, Study, read_csv, run_study
 
 

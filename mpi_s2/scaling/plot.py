@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpi_s2.scaling.model import (calibrate, calibration_row,
+from mpi_s2.scaling.model import (
     BACKENDS,
     DEFAULT_CLUSTER,
     Cluster,
+    calibrate,
+    calibration_row,
     projection_ranks,
     strong_speedup,
     weak_speedup,
@@ -60,7 +62,7 @@ def plot(rows: list[dict[str, str]], path: str, cluster: Cluster = DEFAULT_CLUST
     ax_e.axhline(1.0, color="0.6", linewidth=1, label="ideal")
     styles = ["--", ":", "-.", (0, (5, 1))]
     for k, (label, values) in enumerate(proj["curves"].items()):
-        eff = [v / n for v, n in zip(values, proj["ranks"])]
+        eff = [v / n for v, n in zip(values, proj["ranks"], strict=True)]
         ax_s.plot(proj["ranks"], values, linestyle=styles[k % len(styles)], linewidth=1.5,
                   label=f"projection: {label}")
         ax_e.plot(proj["ranks"], eff, linestyle=styles[k % len(styles)], linewidth=1.5,
@@ -69,12 +71,12 @@ def plot(rows: list[dict[str, str]], path: str, cluster: Cluster = DEFAULT_CLUST
     # open markers: more workers than cores on a node (oversubscribed: they share cores, the model's costs do not)
     crowded = [int(r["workers"]) > int(r["nodes"]) * int(r["cores_per_node"]) for r in rows]
     for ax, values in ((ax_s, speedup), (ax_e, efficiency)):
-        fits = [(n, v) for n, v, c in zip(ranks, values, crowded) if not c]
-        over = [(n, v) for n, v, c in zip(ranks, values, crowded) if c]
+        fits = [(n, v) for n, v, c in zip(ranks, values, crowded, strict=True) if not c]
+        over = [(n, v) for n, v, c in zip(ranks, values, crowded, strict=True) if c]
         if fits:
-            ax.plot(*zip(*fits), "o", color="black", markersize=6, label=label, zorder=5)
+            ax.plot(*zip(*fits, strict=True), "o", color="black", markersize=6, label=label, zorder=5)
         if over:
-            ax.plot(*zip(*over), "o", color="black", markerfacecolor="white", markersize=6, zorder=5,
+            ax.plot(*zip(*over, strict=True), "o", color="black", markerfacecolor="white", markersize=6, zorder=5,
                     label="measured, more workers than cores")
     ax_s.set(xscale="log", yscale="log", xlabel="MPI ranks", ylabel="scaled speed-up" if kind == "weak" else
              "speed-up over 1 rank", xlim=(1, limit), ylim=(0.5, limit))

@@ -179,7 +179,8 @@ class ProductOptions:
 
     @property
     def name(self) -> str:
-        return f"S2B_MSIL2A_{self.sensing}_N{self.baseline.replace('.', '')}_R108_T{self.tile}_{self.sensing[:8]}T140000"
+        baseline = self.baseline.replace(".", "")
+        return f"S2B_MSIL2A_{self.sensing}_N{baseline}_R108_T{self.tile}_{self.sensing[:8]}T140000"
 
 
 def _write_jp2(path: str, array: np.ndarray, options: ProductOptions, pixel: float) -> None:

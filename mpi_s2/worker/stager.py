@@ -74,10 +74,10 @@ class Stager:
         start = w.row_off * line + w.col_off * f.itemsize
         try:
             if w.col_off == 0 and w.width == f.grid.width:
-                os.pwrite(fd, memoryview(block).cast("B"), start)
+                os.pwrite(fd, block.data.cast("B"), start)
             else:
                 for r in range(w.height):
-                    os.pwrite(fd, memoryview(block[r]).cast("B"), start + r * line)
+                    os.pwrite(fd, block[r].data.cast("B"), start + r * line)
         except OSError as exc:
             raise OutputError(f"{f.raw}: writing the staged copy of {f.original} failed: {exc.strerror}") from None
 
