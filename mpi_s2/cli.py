@@ -305,8 +305,17 @@ def compose_config(args: argparse.Namespace):
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    """Log lines as ``mpi_s2: 2026-12-02T04:40:00Z message`` on stderr (the progress lines' look).
+
+    The lines that end a run keep a fixed start, without a time, for scripts to grep: ``mpi_s2: error...``
+    (:func:`mpi_s2.parallel.runtime.report_error`) and ``mpi_s2: stopped...``; the report has the end time.
+    """
+    from mpi_s2.parallel.progress import LogFormatter
+
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="mpi_s2: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
