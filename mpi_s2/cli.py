@@ -351,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=dict(args.co),
                                             overwrite=args.overwrite, schedule=args.schedule,
-                                            progress=not args.quiet, report=args.report))
+                                            progress=not args.quiet, progress_file=args.progress_file,
+                                            report=args.report))
     from mpi_s2.parallel.compose import compose
 
     return run_job(lambda comm: compose(config, comm))

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -84,20 +85,28 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
         first_worker = not roles.is_writer and comm.rank == min(roles.worker_ranks)
         forget_cleanup = termination.on_signal(on_signal_cleanup(plan, roles.is_writer, first_worker,
                                                                  writer or ("", 0)))
+        progress: Progress | None = None
+
+        def open_progress(phases: Mapping[str, int]) -> Progress:
+            """The writer rank's progress (shown unless -q, and in --progress-file); silent elsewhere."""
+            nonlocal progress
+            progress = Progress(phases, enabled=config.progress and roles.is_writer,
+                                progress_file=config.progress_file if roles.is_writer else None)
+            return progress
+
         try:
             luts = broadcast_luts(comm, roles, plan)
             worker = compose_worker(plan, luts, stats, counter) if roles.is_worker else None
             if config.backend == "hdf5":
-                progress = Progress(len(plan.windows), enabled=config.progress and roles.is_writer)
-                todo, preview = compose_via_hdf5(comm, roles, plan, worker, stats, progress, hdf5)
+                todo, preview = compose_via_hdf5(comm, roles, plan, worker, stats, open_progress, hdf5)
             else:
                 assembler = open_output(comm, roles, plan.output)
                 if roles.is_writer:
                     forget_note(config.output)  # this attempt starts: its failure is noted again
                 todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
-                progress = Progress(len(todo), enabled=config.progress and roles.is_writer)
-                preview = write_output(comm, roles, plan.output, plan.work, worker, stats, progress, assembler,
-                                       todo)
+                phases = {"staging": plan.work.stage_count(todo), "windows": len(todo)}
+                preview = write_output(comm, roles, plan.output, plan.work, worker, stats, open_progress(phases),
+                                       assembler, todo)
         except CollectiveFailure:
             remove_staging(plan.staging_directory)
             raise  # before anything was written (a resume that does not match: nothing touched)
@@ -108,6 +117,8 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
                 raise full from exc
             raise
         finally:
+            if progress is not None:
+                progress.close()  # a run that stops short ends its progress file with its last counts
             forget_cleanup()
     ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
     if not roles.is_planner:

@@ -85,7 +85,7 @@ def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, s
 
 def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overrides: dict[str, str] | None = None,
             overwrite: bool = False, schedule: str = "dynamic", progress: bool = True,
-            report: str | None = None) -> dict[str, Any] | None:
+            progress_file: str | None = None, report: str | None = None) -> dict[str, Any] | None:
     """``mpi-s2 convert RUN.h5 -o OUT.tif``: the report on rank 0, None elsewhere."""
     start = time.perf_counter()
     roles = Roles(comm.rank, comm.size)
@@ -105,9 +105,10 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
     work = WorkPlan(out.windows, schedule=schedule)
     # a conversion is never resumed (the HDF5 file is the source): a failure or a signal leaves nothing beside it
     forget_cleanup = termination.on_signal(lambda signum: remove_partial(output) if roles.is_writer else None)
+    shown = Progress(len(out.windows), enabled=progress and roles.is_writer,
+                     progress_file=progress_file if roles.is_writer else None)
     try:
-        convert_store(comm, roles, out, work, path, stats,
-                      Progress(len(out.windows), enabled=progress and roles.is_writer))
+        convert_store(comm, roles, out, work, path, stats, shown)
     except BaseException as exc:
         full = full_disk_error(exc, output, [output]) if roles.is_writer else None
         if roles.is_writer:
@@ -116,6 +117,7 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
             raise full from exc
         raise
     finally:
+        shown.close()
         forget_cleanup()
     ranks = comm.gather(stats.finish(), root=PLANNER_RANK)
     if not roles.is_planner:
