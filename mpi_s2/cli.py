@@ -285,7 +285,7 @@ def compose_config(args: argparse.Namespace):
     if not args.products and not args.red:
         raise InputError("no input: give one or more products (.SAFE or .zip) or --red/--green/--blue files")
     scls = args.scl or [None] * len(args.red)
-    band_sets = tuple(BandFiles(r, g, b, s) for r, g, b, s in zip(args.red, args.green, args.blue, scls))
+    band_sets = tuple(BandFiles(r, g, b, s) for r, g, b, s in zip(args.red, args.green, args.blue, scls, strict=True))
     # validates the stretch options once, before any MPI work
     Stretch(offset=args.offset or 0.0, scale=args.scale or 10000.0, max_reflectance=args.max_reflectance,
             gamma=args.gamma)
@@ -305,8 +305,17 @@ def compose_config(args: argparse.Namespace):
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    """Log lines as ``mpi_s2: 2026-12-02T04:40:00Z message`` on stderr (the progress lines' look).
+
+    The lines that end a run keep a fixed start, without a time, for scripts to grep: ``mpi_s2: error...``
+    (:func:`mpi_s2.parallel.runtime.report_error`) and ``mpi_s2: stopped...``; the report has the end time.
+    """
+    from mpi_s2.parallel.progress import LogFormatter
+
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="mpi_s2: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -342,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_job(lambda comm: convert(args.h5, args.output, comm, cog=args.cog, overrides=dict(args.co),
                                             overwrite=args.overwrite, schedule=args.schedule,
-                                            progress=not args.quiet, report=args.report))
+                                            progress=not args.quiet, progress_file=args.progress_file,
+                                            report=args.report))
     from mpi_s2.parallel.compose import compose
 
     return run_job(lambda comm: compose(config, comm))

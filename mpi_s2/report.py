@@ -1,14 +1,29 @@
-"""Per-rank accounting (where the time went) and the ``--report`` JSON file."""
+"""Per-rank accounting (where the time went) and the ``--report`` JSON file.
+
+The report is written whatever the outcome, with its ``status``: ``"ok"``, ``"failed"`` (and the ``error`` line
+the user saw) or ``"stopped"`` (and the ``signal``). What every report has, the run's context
+(:func:`run_context`): ``start`` and ``end`` (ISO-8601 UTC), ``version``, ``command`` (the command line, shell
+quoted) and ``slurm`` (the job, step and array ids; null outside Slurm). A run that ends ok adds per-rank
+accounting and, for ``compose``, the output's ``pixel_fractions`` (:func:`pixel_fractions`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
+import shlex
 import socket
+import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol
+
+from mpi_s2 import __version__
+from mpi_s2.text import timestamp
+
 
 class BlockCounts(Protocol):
     """What a rank counted of the source blocks it decoded (:class:`mpi_s2.inputs.block_counts.DecodeCounter`)."""
@@ -30,6 +45,8 @@ class RankStats:
     seconds: dict[str, float] = field(default_factory=lambda: {p: 0.0 for p in PHASES})
     windows: int = 0
     pixels: int = 0
+    valid_pixels: int = 0  # of the windows composed: some input valid there
+    cloud_masked_pixels: int = 0  # some input had data there, but every such input was masked (--cloud-mask)
     stage_units: int = 0
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0
@@ -101,6 +118,84 @@ def build_report(summary: dict[str, Any], ranks: list[dict[str, Any]], wall_s: f
 
 
 def write_report(path: str, report: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
+    """Write ``report`` to ``path`` as JSON, whole or not at all (a temporary file beside it, renamed)."""
+    head, tail = os.path.split(path)
+    temporary = os.path.join(head, f".{tail}.partial")
+    with open(temporary, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2)
         fh.write("\n")
+    os.replace(temporary, path)
+
+
+#: The Slurm variables a report names (array ids only where set).
+SLURM_IDS = {"job_id": "SLURM_JOB_ID", "step_id": "SLURM_STEP_ID"}
+SLURM_ARRAY_IDS = {"array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID"}
+
+
+def _id(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def slurm_ids(environ: Mapping[str, str] = os.environ) -> dict[str, int | str | None]:
+    """The Slurm job and step ids (null outside Slurm), and the array job and task ids when the job is one."""
+    ids = {key: _id(environ.get(name)) for key, name in SLURM_IDS.items()}
+    if "SLURM_ARRAY_JOB_ID" in environ:
+        ids.update({key: _id(environ.get(name)) for key, name in SLURM_ARRAY_IDS.items()})
+    return ids
+
+
+def command_line() -> list[str]:
+    """The command line as the user typed it: ``sys.argv``, or for ``python -m mpi_s2`` (whose ``sys.argv[0]``
+    is the path of ``__main__.py``) the interpreter's own command line."""
+    if sys.argv and sys.argv[0].endswith(os.path.join("mpi_s2", "__main__.py")):
+        return list(sys.orig_argv)
+    return list(sys.argv)
+
+
+def run_context(start: float, argv: Sequence[str] | None = None,
+                environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """What every report starts with: its ``start`` time (``start``: seconds since the epoch), the mpi_s2
+    ``version``, the ``command`` line (``argv``, default :func:`command_line`, as one shell-quoted string) and
+    ``slurm``."""
+    return {"start": timestamp(start), "end": None, "version": __version__,
+            "command": shlex.join(command_line() if argv is None else argv), "slurm": slurm_ids(environ)}
+
+
+def pixel_fractions(ranks: Sequence[Mapping[str, Any]], pixels: int, over: str) -> dict[str, Any] | None:
+    """The fractions of ``pixels`` that are valid, cloud-masked and nodata (they sum to 1), from the ranks'
+    counts of valid and cloud-masked pixels; what the fractions cover is said in ``over``. None without pixels.
+    """
+    if pixels <= 0:
+        return None
+    valid = sum(r.get("valid_pixels", 0) for r in ranks)
+    masked = sum(r.get("cloud_masked_pixels", 0) for r in ranks)
+    return {"valid": valid / pixels, "cloud_masked": masked / pixels, "nodata": (pixels - valid - masked) / pixels,
+            "pixels": pixels, "over": over}
+
+
+def failure_note_path(report: str) -> str:
+    """Where a failing worker leaves its error line for rank 0's report: ``.NAME.error`` beside the report."""
+    head, tail = os.path.split(report)
+    return os.path.join(head, f".{tail}.error")
+
+
+def leave_failure_note(report: str, line: str) -> None:
+    """A worker that fails (and aborts the job) leaves its error line for rank 0 (the first failure wins)."""
+    try:
+        fd = os.open(failure_note_path(report), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except OSError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(line)
+
+
+def take_failure_note(report: str) -> str | None:
+    """The error line a failing worker left (removed as it is read), or None."""
+    path = failure_note_path(report)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            line = fh.read().strip()
+        os.unlink(path)
+    except OSError:
+        return None
+    return line or None

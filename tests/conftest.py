@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import time
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +157,34 @@ def valid(scene) -> np.ndarray:
     """True where no band of ``scene`` is 0."""
     bands = read_bands(scene)
     return (bands[0] != 0) & (bands[1] != 0) & (bands[2] != 0)
+
+
+#: The second band set of ``misaligned``: the scene moved 100 px east and 100 px south (1000 m at 10 m).
+SHIFT = 100
+
+
+@pytest.fixture(scope="session")
+def misaligned(scene, tmp_path_factory) -> list[dict[str, str]]:
+    """Two band sets: ``scene``, then a copy of it SHIFT px east and south. The copy's 256 blocks start 100 px off
+    the windows, so it is staged (staging units, then windows); the mosaic is 1400 x 1200."""
+    outdir = tmp_path_factory.mktemp("shifted")
+    shifted = {}
+    for band in ("red", "green", "blue"):
+        ds = gdal.Open(scene[band])
+        x0, dx, _, y0, _, dy = ds.GetGeoTransform()
+        x0, y0 = x0 + SHIFT * dx, y0 + SHIFT * dy
+        path = str(outdir / Path(scene[band]).name)
+        gdal.Translate(path, ds, outputBounds=[x0, y0, x0 + ds.RasterXSize * dx, y0 + ds.RasterYSize * dy],
+                       creationOptions=["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE"])
+        shifted[band] = path
+    return [scene, shifted]
+
+
+def band_set_args(band_sets: list[dict[str, str]]) -> list[str]:
+    """``--red R --green G --blue B [--scl S]`` for each band set, in order."""
+    args: list[str] = []
+    for bands in band_sets:
+        args += ["--red", bands["red"], "--green", bands["green"], "--blue", bands["blue"]]
+        if "scl" in bands:
+            args += ["--scl", bands["scl"]]
+    return args

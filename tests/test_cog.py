@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import PYTHON, compose_args, error_lines, read_array, read_bands, run_mpi_s2, write_band
+from mpi_s2.errors import OutputError
 from mpi_s2.output.overviews import check_window_size, level_count, level_window, reduce_window, worker_levels
 from mpi_s2.windows import Window
-from mpi_s2.errors import OutputError
+
+from conftest import PYTHON, compose_args, error_lines, read_array, read_bands, run_mpi_s2, write_band
 
 
 def valid_average_reference(full: np.ndarray, level: int) -> np.ndarray:
@@ -44,7 +45,7 @@ def edge_scene(scene, tmp_path_factory):
     rows, cols = np.mgrid[0:1100, 0:1300]
     edge = (cols < 0.25 * 1300 + 0.3 * rows + 40 * np.sin(rows / 17.0))
     paths = {}
-    for name, band in zip(("red", "green", "blue"), read_bands(scene)):
+    for name, band in zip(("red", "green", "blue"), read_bands(scene), strict=True):
         paths[name] = write_band(out / f"{name}.tif", np.where(edge, 0, band).astype(np.uint16))
     return paths
 

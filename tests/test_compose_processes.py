@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import (compose_args, error_lines, gdal_translate_reference, read_array, read_bands, run_mpi_s2,
-                      write_band)
+from conftest import compose_args, error_lines, gdal_translate_reference, read_array, read_bands, run_mpi_s2, write_band
 
 
 def assert_same_georeferencing(path_a, path_b):

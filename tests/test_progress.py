@@ -2,10 +2,13 @@ import io
 import json
 import logging
 import re
+import sys
 
 import pytest
 
 from mpi_s2.parallel.progress import LogFormatter, Progress, format_duration, timestamp
+
+from conftest import band_set_args, compose_args, run_mpi_s2
 
 LINE = re.compile(r"^mpi_s2: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (\w+) (\d+)/(\d+) \(\d+\.\d%\)( [\d.]+/(s|min))?"
                   r"( ETA \d+ (s|min \d\d s|h \d\d min))?$")
@@ -200,3 +203,96 @@ def test_progress_file_can_be_followed_while_the_run_goes_on(tmp_path):
     assert [(r["phase"], r["done"]) for r in read_json(path)][5:] == [("windows", 10)]
     p.close()
     assert len(read_json(path)) == 6
+
+
+def test_counts_give_each_phase_done_and_total():
+    clock = FakeClock()
+    p = progress({"staging": 0, "composing": 4, "windows": 4}, clock, stream=io.StringIO())
+    p.update(3, "composing")
+    p.close()
+    p.update(4, "composing")  # after close: ignored
+    assert p.counts() == {"staging": {"done": 0, "total": 0}, "composing": {"done": 3, "total": 4},
+                          "windows": {"done": 0, "total": 4}}
+
+
+# -- end to end: mpirun -n N python -m mpi_s2 compose, stderr piped, as in a Slurm log --------------------------
+
+TIMESTAMPED = re.compile(r"^mpi_s2: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \S")
+SHOWN = {"MPI_S2_PROGRESS_DELAY_S": "0"}  # progress from the start: a test run is shorter than the 2 s delay
+
+
+def shown_run(args: list[str], ranks: int, **kwargs):
+    """``run_mpi_s2`` without ``-q``, progress shown from the start."""
+    return run_mpi_s2([a for a in args if a != "-q"], ranks=ranks, env=SHOWN, **kwargs)
+
+
+def check_progress_file(path, totals: dict[str, int]) -> list[dict]:
+    """JSON lines, one phase per total given, counts monotonic per phase, the last one complete."""
+    records = read_json(path)
+    assert all(set(r) == {"time", "phase", "done", "total", "eta_s"} for r in records), records
+    assert {r["phase"] for r in records} == set(totals), records
+    for phase, total in totals.items():
+        mine = [r for r in records if r["phase"] == phase]
+        done = [r["done"] for r in mine]
+        assert done[0] == 0 and done == sorted(done) and done[-1] == total, (phase, mine)
+        assert all(r["total"] == total for r in mine)
+    return records
+
+
+@pytest.mark.parametrize("backend,ranks", [("writer", 3), ("hdf5", 3), ("writer", 1)])
+def test_piped_progress_and_progress_file_of_a_staged_mosaic(misaligned, tmp_path, backend, ranks):
+    out, report, progress_file = tmp_path / "rgb.tif", tmp_path / "run.json", tmp_path / "progress.jsonl"
+    args = ["compose", *band_set_args(misaligned), "-o", str(out), "--window", "256", "--backend", backend,
+            "--report", str(report), "--progress-file", str(progress_file)]
+    result = shown_run(args, ranks)
+    assert result.returncode == 0, result.stderr
+    run = json.loads(report.read_text())
+    windows, units = run["windows"], run["stage_units"]
+    assert windows == 30 and units > 0 and run["windows_computed"] == windows
+    totals = {"staging": units, "windows": windows} | ({"composing": windows} if backend == "hdf5" else {})
+    check_progress_file(progress_file, totals)
+    assert run["progress"] == {phase: {"done": total, "total": total} for phase, total in totals.items()}
+
+    err = result.stderr
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines and all(TIMESTAMPED.match(line) for line in lines), err  # no error here: every line is timed
+    shown = [m for m in (LINE.match(line) for line in lines) if m]
+    assert shown, err
+    for phase, total in totals.items():
+        mine = [(int(m[2]), int(m[3])) for m in shown if m[1] == phase]
+        assert 1 <= len(mine) <= 11, (phase, err)  # one per 10 % step, the first at once
+        assert all(t == total for _, t in mine) and mine[-1][0] == total, (phase, err)
+        assert [d for d, _ in mine] == sorted(d for d, _ in mine)
+    assert re.search(r"Z wrote .*rgb\.tif \(1400 x 1200, 30 windows", lines[-1]), err
+
+
+def test_quiet_run_shows_nothing_but_still_writes_the_progress_file(scene, tmp_path):
+    out, progress_file = tmp_path / "rgb.tif", tmp_path / "progress.jsonl"
+    result = run_mpi_s2(compose_args(scene, out, "--window", "512", "--progress-file", str(progress_file)),
+                        ranks=2, env=SHOWN)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    check_progress_file(progress_file, {"windows": 9})
+
+
+def test_log_lines_do_not_break_the_bars_on_a_terminal(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [handler])
+    clock = FakeClock()
+    with progress({"staging": 10, "windows": 100}, clock, stream=terminal, delay_s=0.0) as p:
+        for done in range(1, 101):
+            clock.now += 0.1
+            p.update(min(done, 10), "staging")
+            p.update(done)
+            if done == 50:
+                logging.getLogger("mpi_s2").warning("a warning mid-run")
+        assert root.handlers != [handler]  # through tqdm.write while the bars are shown
+    assert root.handlers == [handler]
+    text = terminal.getvalue()
+    # a line of its own once the bars are cleared (carriage return, cursor up), not after a bar's text
+    assert re.search(r"(\r|\n|\x1b\[A)mpi_s2: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ a warning mid-run\n", text), text
+    assert re.search(r"windows: 100%\|.*\| 100/100 \[", text)

@@ -12,6 +12,7 @@ from mpi_s2.planning.scheduling import (
     MAX_BATCH,
     Scheduler,
     WorkItem,
+    WorkPlan,
     contiguous_shares,
     guided_batch,
     items_to_table,
@@ -119,6 +120,24 @@ def test_requests_wait_for_staging_and_stop_at_the_end():
     s.request(1, 1)
     s.request(2, 0)
     assert dict(s.replies()) == {1: [], 2: []} and s.finished
+
+
+def test_counts_the_workers_report_are_summed_for_progress():
+    s = Scheduler(1, [False, True, True], (1, 2), "dynamic", windows=[0, 2])
+    s.first_batches()
+    assert (s.staged_done_total, s.windows_done_total, s.n_windows, s.windows_reported) == (0, 0, 2, False)
+    s.request(1, 1)  # staging units only: the window count stays as it was
+    s.progress(2, 0, 1)
+    assert (s.staged_done_total, s.windows_done_total, s.windows_reported) == (1, 1, False)
+    s.request(1, 1, 1)
+    assert (s.staged_done_total, s.windows_done_total, s.windows_reported) == (1, 2, True)
+
+
+def test_staging_is_counted_only_when_a_window_to_do_reads_a_staged_copy():
+    units = (StageUnit(0, (0,), Window(0, 0, 10, 10)),) * 3
+    work = WorkPlan(tuple(plan_windows((30, 10), (10, 10))), units, (False, True, True))
+    assert work.stage_count([0, 1, 2]) == 3 and work.scheduler((1,), [0, 2]).n_stage == 3
+    assert work.stage_count([1, 2]) == 0 and work.scheduler((1,), [1, 2]).n_stage == 0  # a resumed run
 
 
 def test_item_table_round_trip():

@@ -18,12 +18,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (MPIRUN, PYTHON, _live_children, clean_env, compose_args, error_lines, read_array,
-                      run_mpi_s2, run_mpi_s2_to_death)
+from conftest import (
+    MPIRUN,
+    PYTHON,
+    _live_children,
+    clean_env,
+    compose_args,
+    error_lines,
+    read_array,
+    run_mpi_s2,
+    run_mpi_s2_to_death,
+)
 
 LIMIT_S = 15  # the bound from the signal (or the fault) to the job's end
 TILES_256 = ["--window", "256", "--co", "BLOCKXSIZE=256", "--co", "BLOCKYSIZE=256"]  # whole tiles: resumable
-NOTE = re.compile(r"^mpi_s2: the partial run is kept beside .*: rerun with --resume to finish it", re.M)
+NOTE = re.compile(r"^mpi_s2: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ the partial run is kept beside .*: rerun with --resume "
+                  r"to finish it", re.M)
 
 
 class Job:

@@ -6,6 +6,7 @@ Rank 0 inspects and checks the inputs (:func:`inspect_band_set`); each worker th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -93,6 +94,25 @@ def same_crs(wkt_a: str, wkt_b: str) -> bool:
     a.ImportFromWkt(wkt_a)
     b.ImportFromWkt(wkt_b)
     return bool(a.IsSame(b))
+
+
+def epsg_code(wkt: str) -> int | None:
+    """The EPSG code of the CRS in ``wkt`` (e.g. 32632), identified by GDAL when the WKT does not name it; None
+    without a CRS or when GDAL finds no code."""
+    if not wkt:
+        return None
+    srs = osr.SpatialReference()
+    try:
+        srs.ImportFromWkt(wkt)
+        with contextlib.suppress(RuntimeError):
+            srs.AutoIdentifyEPSG()
+        if srs.GetAuthorityCode(None) is None:  # e.g. from a PROJ string: ask PROJ's database for a sure match
+            sure = [match for match, confidence in srs.FindMatches() or () if confidence >= 90]
+            srs = sure[0] if len(sure) == 1 else srs
+        code, name = srs.GetAuthorityCode(None), srs.GetAuthorityName(None)
+    except RuntimeError:
+        return None
+    return int(code) if code and code.isdigit() and (name or "").upper() == "EPSG" else None
 
 
 def same_geotransform(a: tuple[float, ...], b: tuple[float, ...]) -> bool:

@@ -34,6 +34,18 @@ def check_output_path(output: str, *, overwrite: bool, inputs: tuple[str, ...] =
         raise OutputError(f"{output}: already exists (use --overwrite to replace it)")
 
 
+def check_side_file(path: str, option: str) -> None:
+    """Raise :class:`OutputError` when a file the run writes besides its output (``--report``,
+    ``--progress-file``) cannot be written: its directory must exist and be writable."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OutputError(f"{path}: {option}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"{path}: {option}: directory {directory} is not writable")
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: {option}: is a directory")
+
+
 #: Scratch files beside the temporary output: a COG's tiles and coarse levels, the journal of a resumable run
 #: (see mpi_s2.output.tiff_assembly).
 SPOOL_KINDS = ("tiles", "levels", "journal", "kept")  # kept: the note that a failed run was kept was printed

@@ -16,7 +16,7 @@ from mpi_s2.config import DEFAULT_PROFILE
 from mpi_s2.errors import OutputError
 from mpi_s2.inputs.bands import Grid
 from mpi_s2.output.overviews import check_window_size, level_count, worker_levels
-from mpi_s2.output.paths import check_output_path
+from mpi_s2.output.paths import check_output_path, check_side_file
 from mpi_s2.output.profiles import creation_options, validate_creation_options
 from mpi_s2.output.quicklook import DEFAULT_SIZE, quicklook_format
 from mpi_s2.output.tile_encoding import workers_can_compress
@@ -49,6 +49,8 @@ class OutputRequest:
     overwrite: bool = False
     resume: bool = False
     inputs: tuple[str, ...] = ()  # input paths the output must not overwrite
+    report: str | None = None  # --report: the run report's path
+    progress_file: str | None = None  # --progress-file
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,11 @@ class OutputPlan:
 
 
 def check_output_request(request: OutputRequest) -> None:
-    """Raise :class:`OutputError`/:class:`InputError` for an output or quicklook path that cannot be written."""
+    """Raise :class:`OutputError`/:class:`InputError` for an output, quicklook, report or progress file path that
+    cannot be written."""
+    for option, side in (("--report", request.report), ("--progress-file", request.progress_file)):
+        if side:
+            check_side_file(side, option)
     check_output_path(request.path, overwrite=request.overwrite, inputs=request.inputs)
     if request.quicklook:
         quicklook_format(request.quicklook)

@@ -6,8 +6,9 @@ order, and a run that can be resumed after it was killed.
   the end. No byte is copied twice.
 * **COG** (``levels`` > 0): every IFD must come first and the overviews' data before the full resolution, which
   is only known at the end: tiles are appended to a scratch file (``.NAME.partial.tiles``) as they come, coarse
-  overview levels assembled in ``.NAME.partial.levels`` (:mod:`mpi_s2.output.coarse_levels`); at the end the structure is
-  written and the tiles copied in the kernel (``copy_file_range``), smallest level first, each in row-major order.
+  overview levels assembled in ``.NAME.partial.levels`` (:mod:`mpi_s2.output.coarse_levels`); at the end the
+  structure is written and the tiles copied in the kernel (``copy_file_range``), smallest level first, each in
+  row-major order.
 
 Everything GDAL would write around the pixels (georeferencing, GDAL metadata and nodata, colour interpretation,
 codec and predictor tags) comes from a one-tile template GDAL makes with the same creation options, so GDAL
@@ -33,13 +34,13 @@ from osgeo import gdal
 from mpi_s2 import __version__
 from mpi_s2.errors import OutputError
 from mpi_s2.output.coarse_levels import CoarseLevels
+from mpi_s2.output.fingerprint import describe_mismatch
 from mpi_s2.output.journal import Journal
 from mpi_s2.output.overviews import coarse_strips, level_size
-from mpi_s2.output.profiles import as_gdal_list
-from mpi_s2.output.tile_messages import RAW_PIECE, TileEntry
 from mpi_s2.output.paths import partial_path, remove_partial, spool_path
 from mpi_s2.output.plan import OutputSpec
-from mpi_s2.output.fingerprint import describe_mismatch
+from mpi_s2.output.profiles import as_gdal_list
+from mpi_s2.output.tile_messages import RAW_PIECE, TileEntry
 from mpi_s2.windows import TileLayout, Window, tile_size
 
 gdal.UseExceptions()

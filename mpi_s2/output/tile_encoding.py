@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import numpy as np
 from osgeo import gdal
 
-from mpi_s2.output.profiles import as_gdal_list
 from mpi_s2.output.overviews import level_size, level_window, reduce_window
+from mpi_s2.output.profiles import as_gdal_list
 from mpi_s2.output.tile_messages import RAW_PIECE, TileEntry
 from mpi_s2.windows import TileLayout, Window, tile_size
 

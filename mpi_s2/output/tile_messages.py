@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: The tile number of a raw (not encoded) piece of a coarse overview level, placed by the writer.
 RAW_PIECE = -1
 
@@ -27,7 +26,7 @@ def pack_tiles(tiles: list[TileEntry], header_bytes: int = 0) -> np.ndarray:
     index = message[header_bytes: header_bytes + index_bytes].view(np.int64)
     index[0] = len(tiles)
     pos = header_bytes + index_bytes
-    for k, ((level, number, _), view) in enumerate(zip(tiles, views)):
+    for k, ((level, number, _), view) in enumerate(zip(tiles, views, strict=True)):
         index[1 + 3 * k: 4 + 3 * k] = (level, number, len(view))
         message[pos: pos + len(view)] = np.frombuffer(view, dtype=np.uint8)
         pos += len(view)

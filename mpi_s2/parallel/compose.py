@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from mpi4py import MPI
 
 from mpi_s2.config import ComposeConfig
 from mpi_s2.errors import CollectiveFailure, MpiS2Error
+from mpi_s2.inputs.bands import epsg_code
 from mpi_s2.inputs.block_counts import DecodeCounter, merge_counts
 from mpi_s2.parallel import termination
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
@@ -32,10 +34,11 @@ from mpi_s2.parallel.leftovers import clean_up, disk_full, forget_note, on_signa
 from mpi_s2.parallel.output_stage import open_output, write_output
 from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
+from mpi_s2.parallel.run_report import RunReport
 from mpi_s2.pixels.radiometry import LUT_SIZE
 from mpi_s2.planning.plan import Plan, make_plan, plan_luts
 from mpi_s2.planning.stage_plan import remove_staging
-from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.report import RankStats, build_report, pixel_fractions
 from mpi_s2.text import plural
 from mpi_s2.worker.items import compose_worker
 
@@ -69,7 +72,16 @@ def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> np.ndarray:
 
 
 def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
-    """Run the compose job on ``comm``. Returns the run report on rank 0, ``None`` elsewhere."""
+    """Run the compose job on ``comm``. Returns the run report on rank 0, ``None`` elsewhere.
+
+    Rank 0 writes the report (``--report``) whatever the outcome: ok, failed or stopped
+    (:mod:`mpi_s2.parallel.run_report`)."""
+    with RunReport(config.report, comm.rank, comm.size) as run:
+        run.learn(output=config.output, backend=config.backend)
+        return _compose(config, comm, run)
+
+
+def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str, Any] | None:
     start = time.perf_counter()
     roles = Roles(comm.rank, comm.size)
     stats = RankStats(comm.rank, roles.describe())
@@ -80,24 +92,36 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     preview: tuple[int, int] | None = None
     with config_options(rank_options(threads)):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
+        if run.writes:
+            run.learn(crs_epsg=epsg_code(plan.grid.crs_wkt), size=list(plan.grid.size), windows=len(plan.windows),
+                      stage_units=len(plan.stage_units))
         hdf5: dict[str, Any] = {}
         first_worker = not roles.is_writer and comm.rank == min(roles.worker_ranks)
         forget_cleanup = termination.on_signal(on_signal_cleanup(plan, roles.is_writer, first_worker,
                                                                  writer or ("", 0)))
+        progress: Progress | None = None
+
+        def open_progress(phases: Mapping[str, int]) -> Progress:
+            """The writer rank's progress (shown unless -q, and in --progress-file); silent elsewhere."""
+            nonlocal progress
+            progress = Progress(phases, enabled=config.progress and roles.is_writer,
+                                progress_file=config.progress_file if roles.is_writer else None)
+            run.progress = progress
+            return progress
+
         try:
             luts = broadcast_luts(comm, roles, plan)
             worker = compose_worker(plan, luts, stats, counter) if roles.is_worker else None
             if config.backend == "hdf5":
-                progress = Progress(len(plan.windows), enabled=config.progress and roles.is_writer)
-                todo, preview = compose_via_hdf5(comm, roles, plan, worker, stats, progress, hdf5)
+                todo, preview = compose_via_hdf5(comm, roles, plan, worker, stats, open_progress, hdf5)
             else:
                 assembler = open_output(comm, roles, plan.output)
                 if roles.is_writer:
                     forget_note(config.output)  # this attempt starts: its failure is noted again
                 todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
-                progress = Progress(len(todo), enabled=config.progress and roles.is_writer)
-                preview = write_output(comm, roles, plan.output, plan.work, worker, stats, progress, assembler,
-                                       todo)
+                phases = {"staging": plan.work.stage_count(todo), "windows": len(todo)}
+                preview = write_output(comm, roles, plan.output, plan.work, worker, stats, open_progress(phases),
+                                       assembler, todo)
         except CollectiveFailure:
             remove_staging(plan.staging_directory)
             raise  # before anything was written (a resume that does not match: nothing touched)
@@ -108,26 +132,39 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
                 raise full from exc
             raise
         finally:
+            if progress is not None:
+                progress.close()  # a run that stops short ends its progress file with its last counts
             forget_cleanup()
     ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
     if not roles.is_planner:
         return None
+    assert ranks is not None
     remove_staging(plan.staging_directory)
     wall = time.perf_counter() - start
     decodes = merge_counts([rank.pop("decode") for rank in ranks])
     report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
     report["windows_reused"] = len(plan.windows) - len(todo)
     report["windows_computed"] = len(todo)
+    report["pixel_fractions"] = _pixel_fractions(plan, todo, ranks)
     report["backend"] = config.backend
     if hdf5:
         report["hdf5"] = hdf5
     if config.quicklook and preview is not None:
         report["quicklook"] = {"path": config.quicklook, "size": list(preview)}
-    if config.report:
-        write_report(config.report, report)
+    report = run.ok(report)
     log.info("wrote %s (%d x %d, %s, %s) in %.1f s", config.output, plan.grid.width, plan.grid.height,
              plural(len(plan.windows), "window"), plural(comm.size, "rank"), wall)
     return report
+
+
+def _pixel_fractions(plan: Plan, todo: list[int], ranks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Valid, cloud-masked and nodata fractions of the output, or of the windows computed in a resumed run."""
+    if len(todo) == len(plan.windows):
+        return pixel_fractions(ranks, plan.grid.width * plan.grid.height, "the whole output")
+    reused = len(plan.windows) - len(todo)
+    return pixel_fractions(ranks, sum(plan.windows[i].size for i in todo),
+                           f"the {plural(len(todo), 'window')} computed in this run (not the "
+                           f"{plural(reused, 'window')} --resume reused)")
 
 
 def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, dict[str, int]]) -> dict[str, Any]:
@@ -172,6 +209,6 @@ def _describe_source(plan: Plan, i: int, blocks: dict[str, int]) -> dict[str, An
         "staged": [f.original for f in plan.staged if f.original in (*source.files, source.scl)],
         "blocks": {"total": plan.blocks_total[i], **blocks},
         "radiometry": {band: {"offset": s.offset, "quantification": s.scale}
-                       for band, s in zip(("B04", "B03", "B02"), source.stretches)},
+                       for band, s in zip(("B04", "B03", "B02"), source.stretches, strict=True)},
         "radiometry_note": source.radiometry_note,
     }

@@ -11,16 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from mpi4py import MPI
 
 from mpi_s2.errors import CollectiveFailure, MpiS2Error, OutputError
-from mpi_s2.inputs.bands import Grid
+from mpi_s2.inputs.bands import Grid, epsg_code
 from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.output.free_space import full_disk_error
 from mpi_s2.output.hdf5_store import WindowReader, read_attrs
-from mpi_s2.output.paths import check_output_path, remove_partial
+from mpi_s2.output.paths import check_output_path, check_side_file, remove_partial
 from mpi_s2.output.plan import OutputPlan, OutputSpec, plan_cog
 from mpi_s2.output.profiles import creation_options as profile_options
 from mpi_s2.output.profiles import validate_creation_options
@@ -29,8 +30,9 @@ from mpi_s2.parallel import termination
 from mpi_s2.parallel.output_stage import open_output, write_output
 from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, Roles
+from mpi_s2.parallel.run_report import RunReport
 from mpi_s2.planning.scheduling import WorkPlan
-from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.report import RankStats, build_report
 from mpi_s2.text import plural
 from mpi_s2.windows import Window, intersection, plan_windows
 from mpi_s2.worker.items import ItemWorker
@@ -55,8 +57,12 @@ def convert_store(comm: MPI.Comm, roles: Roles, out: OutputPlan, work: WorkPlan,
 
 
 def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, str],
-                    overwrite: bool) -> OutputPlan:
-    """``mpi-s2 convert``: the output plan of a complete HDF5 file (rank 0)."""
+                    overwrite: bool, side_files: Mapping[str, str | None] | None = None) -> OutputPlan:
+    """``mpi-s2 convert``: the output plan of a complete HDF5 file (rank 0); ``side_files``: the other files
+    the run writes, by option (``--report``, ``--progress-file``), checked first."""
+    for option, side in (side_files or {}).items():
+        if side:
+            check_side_file(side, option)
     if not os.path.isfile(path):
         raise OutputError(f"{path}: no such HDF5 file")
     attrs = read_attrs(path)
@@ -85,15 +91,27 @@ def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, s
 
 def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overrides: dict[str, str] | None = None,
             overwrite: bool = False, schedule: str = "dynamic", progress: bool = True,
-            report: str | None = None) -> dict[str, Any] | None:
-    """``mpi-s2 convert RUN.h5 -o OUT.tif``: the report on rank 0, None elsewhere."""
+            progress_file: str | None = None, report: str | None = None) -> dict[str, Any] | None:
+    """``mpi-s2 convert RUN.h5 -o OUT.tif``: the report on rank 0, None elsewhere.
+
+    Rank 0 writes the report (``report``) whatever the outcome (:mod:`mpi_s2.parallel.run_report`)."""
+    with RunReport(report, comm.rank, comm.size) as run:
+        run.learn(output=output, converted_from=os.path.abspath(path))
+        return _convert(path, output, comm, run, cog=cog, overrides=overrides, overwrite=overwrite,
+                        schedule=schedule, progress=progress, progress_file=progress_file, report=report)
+
+
+def _convert(path: str, output: str, comm: MPI.Comm, run: RunReport, *, cog: bool, overrides: dict[str, str] | None,
+             overwrite: bool, schedule: str, progress: bool, progress_file: str | None,
+             report: str | None) -> dict[str, Any] | None:
     start = time.perf_counter()
     roles = Roles(comm.rank, comm.size)
     stats = RankStats(comm.rank, roles.describe())
     outcome: OutputPlan | MpiS2Error | None = None
     if roles.is_planner:
         try:
-            outcome = plan_from_store(path, output, cog=cog, overrides=overrides or {}, overwrite=overwrite)
+            outcome = plan_from_store(path, output, cog=cog, overrides=overrides or {}, overwrite=overwrite,
+                                      side_files={"--report": report, "--progress-file": progress_file})
         except MpiS2Error as exc:
             outcome = exc
     shared = comm.bcast(outcome.without_windows() if isinstance(outcome, OutputPlan) else outcome,
@@ -102,12 +120,16 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
         raise CollectiveFailure(shared)
     out = outcome if roles.is_planner else shared
     assert isinstance(out, OutputPlan)
+    if run.writes:
+        run.learn(crs_epsg=epsg_code(out.spec.grid.crs_wkt), size=list(out.spec.grid.size), windows=len(out.windows))
     work = WorkPlan(out.windows, schedule=schedule)
     # a conversion is never resumed (the HDF5 file is the source): a failure or a signal leaves nothing beside it
     forget_cleanup = termination.on_signal(lambda signum: remove_partial(output) if roles.is_writer else None)
+    shown = Progress(len(out.windows), enabled=progress and roles.is_writer,
+                     progress_file=progress_file if roles.is_writer else None)
+    run.progress = shown
     try:
-        convert_store(comm, roles, out, work, path, stats,
-                      Progress(len(out.windows), enabled=progress and roles.is_writer))
+        convert_store(comm, roles, out, work, path, stats, shown)
     except BaseException as exc:
         full = full_disk_error(exc, output, [output]) if roles.is_writer else None
         if roles.is_writer:
@@ -116,6 +138,7 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
             raise full from exc
         raise
     finally:
+        shown.close()
         forget_cleanup()
     ranks = comm.gather(stats.finish(), root=PLANNER_RANK)
     if not roles.is_planner:
@@ -125,7 +148,6 @@ def convert(path: str, output: str, comm: MPI.Comm, *, cog: bool = False, overri
                            "pixels": out.spec.grid.width * out.spec.grid.height,
                            "windows": len(out.windows), "mpi_ranks": comm.size, "cog": cog,
                            "creation_options": dict(out.spec.creation_options)}, ranks, wall)
-    if report:
-        write_report(report, result)
+    result = run.ok(result)
     log.info("converted %s to %s in %.1f s", path, output, wall)
     return result

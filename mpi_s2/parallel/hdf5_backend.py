@@ -8,6 +8,9 @@
    the file's communicator: it stays free to answer requests while the workers are inside a collective call.
 3. The file is converted to the GeoTIFF/COG by the output stage (:func:`mpi_s2.parallel.convert.convert_store`),
    in the same job: workers read windows back and encode tiles, rank 0 places them.
+
+Rank 0 shows three phases of progress: ``"staging"`` and ``"composing"`` (windows composed into the file) from
+the counts the workers send with their requests and before each round, then ``"windows"`` (windows converted).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import dataclasses
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -122,21 +126,21 @@ def _write_rounds(wcomm, plan, work, feed, writer, queue, buffers, stats) -> Non
         while len(pending) < ROUND_WINDOWS and not exhausted:
             if not queue:
                 with stats.timer("wait"):
-                    batch = feed.next(work.staged_done())
+                    batch = feed.next(work.done())
                 if not batch:
                     exhausted = True
                     break
                 queue.extend(batch)
             item, what = queue.popleft()
             if not queue:
-                feed.ask(work.staged_done())
+                feed.ask(work.done())
             if work.take(item.kind, what) is None:
                 continue
             assert isinstance(what, Window)
             block = buffers[len(pending)][: bands * what.size].reshape(bands, *what.shape)
             work.fill(what, block)
             pending.append((item.index, what, block))
-        feed.report(work.staged_done())
+        feed.report(work.done())
         with stats.timer("write"):
             more = writer.write_round(pending)
         for _ in pending:
@@ -146,45 +150,48 @@ def _write_rounds(wcomm, plan, work, feed, writer, queue, buffers, stats) -> Non
             break
 
 
-def compose_to_store(comm: MPI.Comm, roles: Roles, plan: Plan, worker: ItemWorker | None,
-                     stats: RankStats) -> list[int]:
-    """Compose the windows not yet in the HDF5 file and write them collectively; return those computed."""
-    done = prepare_store(comm, roles, plan)
-    if roles.is_planner:
-        forget_note(plan.config.output)  # this attempt starts: its failure is noted again
-    todo = [i for i in range(len(plan.windows)) if i not in done] if roles.is_planner else []
+def compose_to_store(comm: MPI.Comm, roles: Roles, plan: Plan, worker: ItemWorker | None, stats: RankStats,
+                     todo: list[int], progress: Progress) -> None:
+    """Compose the windows ``todo`` (known on rank 0) and write them collectively into the HDF5 file."""
     wcomm = worker_comm(comm, roles)
     work = plan.work
     if roles.serial:
         assert worker is not None
-        feed = LocalFeed(work, work.scheduler((0,), todo))
+        feed = LocalFeed(work, work.scheduler((0,), todo), progress, composed="composing")
         run_hdf5_worker(wcomm, plan, worker, feed.first(), feed, stats)
-        return todo
+        return
     scheduler = work.scheduler(roles.worker_ranks, todo) if roles.is_planner else None
     first = scheduler.first_batches() if scheduler else {}
     mine = scatter_batches(comm, PLANNER_RANK, {r: work.table(b) for r, b in first.items()} if scheduler else None)
     if roles.is_planner:
         assert scheduler is not None
-        for _ in receive_windows(comm, plan.output, work, scheduler, stats, Progress(0, enabled=False),
-                                 expected=0):
-            pass  # rank 0 only schedules: no window comes here
+        for _ in receive_windows(comm, plan.output, work, scheduler, stats, progress, expected=0,
+                                 composed="composing"):
+            pass  # rank 0 only schedules: no window comes here, the workers' counts do
     else:
         assert worker is not None
         run_hdf5_worker(wcomm, plan, worker, table_to_items(mine), MpiFeed(comm), stats)
         wcomm.Free()
     with stats.timer("wait"):
         comm.Barrier()  # the file is closed by every writer before anyone reads it back
-    return todo
 
 
 def compose_via_hdf5(comm: MPI.Comm, roles: Roles, plan: Plan, worker: ItemWorker | None, stats: RankStats,
-                     progress: Progress, info: dict[str, Any]) -> tuple[list[int], tuple[int, int] | None]:
+                     open_progress: Callable[[Mapping[str, int]], Progress],
+                     info: dict[str, Any]) -> tuple[list[int], tuple[int, int] | None]:
     """The HDF5 backend: windows written collectively to the file, then converted in the same job.
 
+    ``open_progress(phases)`` makes the progress reporter once the windows to compute are known.
     Returns the windows computed and, on the writer rank, the quicklook's size (if one was asked for)."""
     path = h5_path(plan.config.output)
     start = time.perf_counter()
-    todo = compose_to_store(comm, roles, plan, worker, stats)
+    done = prepare_store(comm, roles, plan)
+    if roles.is_planner:
+        forget_note(plan.config.output)  # this attempt starts: its failure is noted again
+    todo = [i for i in range(len(plan.windows)) if i not in done] if roles.is_planner else []
+    progress = open_progress({"staging": plan.work.stage_count(todo), "composing": len(todo),
+                              "windows": len(plan.windows)})
+    compose_to_store(comm, roles, plan, worker, stats, todo, progress)
     info.update(path=path, write_phase_s=round(time.perf_counter() - start, 3))
     start = time.perf_counter()
     convert_stats = RankStats(comm.rank, roles.describe())

@@ -6,7 +6,9 @@ It is driven by one explicit :class:`~mpi_s2.output.plan.OutputPlan` (the file, 
 resume) and a :class:`~mpi_s2.planning.scheduling.WorkPlan`; it never reads the user's configuration.
 
 * Multi-rank: rank 0 scatters each worker's first batch, then answers requests for more while it receives the
-  windows' messages (:func:`receive_windows`) and places them (:func:`run_writer`). Workers run
+  windows' messages (:func:`receive_windows`) and places them (:func:`run_writer`). The requests carry the
+  staging units each worker has finished: rank 0 shows them as the ``"staging"`` phase of its progress, and the
+  windows it has placed as the ``"windows"`` phase. Workers run
   :func:`run_worker`. For ``--cog``, the coarse overview levels are encoded by the workers at the end
   (:mod:`mpi_s2.parallel.coarse_strips`).
 * One rank: the same worker loop and scheduler, with work items and windows handed over directly (no MPI).
@@ -34,9 +36,20 @@ from mpi_s2.parallel.coarse_strips import encode_strips, encode_strips_here, ser
 from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.runtime import fail_together
-from mpi_s2.parallel.transport import (BLOCK_TAG, PROGRESS_TAG, REQUEST_TAG, SLOTS, BatchSender, BlockReceiver,
-                                       BlockSender, WorkRequests, receive_count, scatter_batches, wait_for_message)
-from mpi_s2.planning.scheduling import KIND_STAGE, Scheduler, WorkItem, WorkPlan, table_to_items
+from mpi_s2.parallel.transport import (
+    BLOCK_TAG,
+    PROGRESS_TAG,
+    REQUEST_TAG,
+    SLOTS,
+    BatchSender,
+    BlockReceiver,
+    BlockSender,
+    WorkRequests,
+    receive_count,
+    scatter_batches,
+    wait_for_message,
+)
+from mpi_s2.planning.scheduling import KIND_STAGE, Done, Scheduler, WorkItem, WorkPlan, table_to_items
 from mpi_s2.planning.stage_plan import StageUnit
 from mpi_s2.report import RankStats
 from mpi_s2.windows import Window
@@ -97,9 +110,9 @@ class AssemblerSink:
 class WorkFeed(Protocol):
     """Where a worker's next batch comes from."""
 
-    def ask(self, staged_done: int) -> None: ...
-    def report(self, staged_done: int) -> None: ...
-    def next(self, staged_done: int) -> Batch: ...
+    def ask(self, done: Done) -> None: ...
+    def report(self, done: Done) -> None: ...
+    def next(self, done: Done) -> Batch: ...
 
 
 class MpiFeed:
@@ -108,33 +121,45 @@ class MpiFeed:
     def __init__(self, comm: MPI.Comm):
         self.requests = WorkRequests(comm, WRITER_RANK)
 
-    def ask(self, staged_done: int) -> None:
-        self.requests.ask(staged_done)
+    def ask(self, done: Done) -> None:
+        self.requests.ask(done)
 
-    def report(self, staged_done: int) -> None:
-        self.requests.report(staged_done)
+    def report(self, done: Done) -> None:
+        self.requests.report(done)
 
-    def next(self, staged_done: int) -> Batch:
-        return table_to_items(self.requests.next(staged_done))
+    def next(self, done: Done) -> Batch:
+        return table_to_items(self.requests.next(done))
+
+
+def show_counts(progress: Progress, scheduler: Scheduler, composed: str | None) -> None:
+    """Show the workers' counts the scheduler knows: staging units (if it has any), and (as phase ``composed``, if
+    given) windows."""
+    if scheduler.n_stage:
+        progress.update(scheduler.staged_done_total, "staging")
+    if composed is not None:
+        progress.update(scheduler.windows_done_total, composed)
 
 
 class LocalFeed:
-    """One-rank job: batches straight from the scheduler, as work items (no table in between)."""
+    """One-rank job: batches straight from the scheduler, as work items (no table in between); the counts it is
+    told go to ``progress`` (see :func:`show_counts`)."""
 
-    def __init__(self, work: WorkPlan, scheduler: Scheduler):
-        self.work, self.scheduler = work, scheduler
+    def __init__(self, work: WorkPlan, scheduler: Scheduler, progress: Progress, composed: str | None = None):
+        self.work, self.scheduler, self.progress, self.composed = work, scheduler, progress, composed
 
     def first(self) -> Batch:
         return self._resolve(self.scheduler.first_batches()[0])
 
-    def ask(self, staged_done: int) -> None:
-        pass
+    def ask(self, done: Done) -> None:
+        self.report(done)
 
-    def report(self, staged_done: int) -> None:
-        pass
+    def report(self, done: Done) -> None:
+        self.scheduler.progress(0, *done)
+        show_counts(self.progress, self.scheduler, self.composed)
 
-    def next(self, staged_done: int) -> Batch:
-        self.scheduler.request(0, staged_done)
+    def next(self, done: Done) -> Batch:
+        self.scheduler.request(0, *done)
+        show_counts(self.progress, self.scheduler, self.composed)
         (_, items), = self.scheduler.replies()
         return self._resolve(items)
 
@@ -165,7 +190,7 @@ def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed
     while True:
         for k, (item, what) in enumerate(batch):
             if k == len(batch) - 1:
-                feed.ask(worker.staged_done())
+                feed.ask(worker.done())
             if worker.take(item.kind, what) is None:
                 continue
             assert isinstance(what, Window)
@@ -182,7 +207,7 @@ def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed
                 sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
             sent += 1
             faults.window_done(stats.rank, sent)
-        done = worker.staged_done()
+        done = worker.done()
         with stats.timer("wait"):
             batch = feed.next(done)
         if not batch:
@@ -192,27 +217,31 @@ def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed
 
 
 def receive_windows(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Scheduler, stats: RankStats,
-                    progress: Progress, expected: int) -> Iterator[tuple[int, np.ndarray]]:
+                    progress: Progress, expected: int, composed: str | None = None
+                    ) -> Iterator[tuple[int, np.ndarray]]:
     """Rank 0's loop: answer workers' requests for work, and yield each window's message as it arrives.
 
-    Ends when every window has arrived and every worker has been told to stop. The message is valid until the
-    next one is received.
+    Ends when ``expected`` windows have arrived, every worker has been told to stop and every window has been
+    reported done. The message is valid until the next one is received. ``progress`` shows the staging units
+    the workers report, the windows received (phase ``"windows"``) and, as phase ``composed`` if given, the
+    windows the workers report done (the HDF5 backend, whose windows do not come here).
     """
     receiver = BlockReceiver(comm, message_buffer(out.band_count, out.max_pixels), len(work.windows))
     status = MPI.Status()
     batches = BatchSender(comm)
     received = 0
-    while received < expected or not scheduler.finished:
+    while received < expected or not scheduler.finished or not scheduler.windows_reported:
         with stats.timer("wait"):
             wait_for_message(comm, status)
         if status.Get_tag() in (REQUEST_TAG, PROGRESS_TAG):
-            count = receive_count(comm, status)
+            done = receive_count(comm, status)
             if status.Get_tag() == REQUEST_TAG:
-                scheduler.request(status.Get_source(), count)
+                scheduler.request(status.Get_source(), *done)
             else:
-                scheduler.progress(status.Get_source(), count)
+                scheduler.progress(status.Get_source(), *done)
             for worker, items in scheduler.replies():
                 batches.send(worker, work.table(items))
+            show_counts(progress, scheduler, composed)
             continue
         if status.Get_tag() != BLOCK_TAG:
             raise MpiS2Error(f"writer: unexpected message (tag {status.Get_tag()}) from rank {status.Get_source()}")
@@ -283,7 +312,7 @@ def run_writer(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Sched
 def run_serial(out: OutputPlan, work: WorkPlan, worker: ItemWorker, stats: RankStats, progress: Progress,
                assembler: TiffAssembler | None, todo: list[int]) -> None:
     """One process holds every role: the same scheduler and worker loop, without messages."""
-    feed = LocalFeed(work, work.scheduler((0,), todo))
+    feed = LocalFeed(work, work.scheduler((0,), todo), progress)
     if assembler is not None:
         run_worker(out, worker, feed.first(), feed, AssemblerSink(assembler, stats, progress), stats,
                    encode_tiles=True)

@@ -1,9 +1,11 @@
 """Progress of a run, as the writer rank sees it: a bar on a terminal, timestamped lines in a log, JSON lines in a file.
 
 A run has one or more *phases*, each counting its items up to a total known at the start: ``"staging"``
-(decoding each misaligned source once, in staging units), then ``"windows"`` (output windows written). The
-two may overlap in time. The caller reports each phase's count with :meth:`Progress.update` and ends with
-:meth:`Progress.close`, or uses the object as a context manager::
+(decoding each misaligned source once, in staging units), then ``"windows"`` (output windows written into the
+output file). The HDF5 backend has ``"composing"`` between them (windows composed and written into the HDF5
+file; its ``"windows"`` are then the windows converted). Phases may overlap in time. The caller reports each
+phase's count with :meth:`Progress.update` and ends with :meth:`Progress.close`, or uses the object as a context
+manager::
 
     with Progress({"staging": n_units, "windows": n_windows}, progress_file=path) as progress:
         progress.update(units_done, "staging")
@@ -12,9 +14,12 @@ two may overlap in time. The caller reports each phase's count with :meth:`Progr
 Outputs:
 
 * The stream (stderr by default; nothing when ``enabled`` is false), silent until ``delay_s`` has passed
-  since the start, so that a short run prints nothing.
+  since the start, so that a short run prints nothing. The default delay, 2 s, can be changed with the
+  environment variable ``MPI_S2_PROGRESS_DELAY_S`` (the tests set it to 0).
 
-  - On a terminal (``stream.isatty()``), one tqdm bar per phase: count, total, rate and ETA.
+  - On a terminal (``stream.isatty()``), one tqdm bar per phase: count, total, rate and ETA. While bars are
+    shown, the root logger's console handlers write through ``tqdm.write`` (``logging_redirect_tqdm``), so that
+    log lines do not break the bars.
   - Otherwise (a Slurm log, a pipe), lines such as
     ``mpi_s2: 2026-12-02T04:40:00Z windows 12/120 (10.0%) 3.2/s ETA 34 s``: one for each new 10 % step
     (the first once the delay has passed), plus a heartbeat when a minute has passed without a line. That is
@@ -31,7 +36,10 @@ Outputs:
 
 A count never goes back: ``update`` keeps the largest count seen, at most the total. A phase whose total is 0
 is not reported. A phase's rate (and so its ETA) is measured from its first update, so start-up time does
-not count.
+not count. :meth:`Progress.counts` gives each phase's count and total (for a run report).
+
+``update`` and ``close`` may be called from different threads (``close`` from a signal's cleanup, see
+:mod:`mpi_s2.parallel.termination`): a lock keeps a line from being cut.
 
 :func:`timestamp` and :class:`LogFormatter` (format :data:`LOG_FORMAT`) give other log lines the same look:
 ``mpi_s2: <time> <message>``.
@@ -41,17 +49,23 @@ This module does not use MPI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self, TextIO
+from typing import Any, Self, TextIO
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from mpi_s2.text import timestamp
 
 LOG_FORMAT = "mpi_s2: %(asctime)s %(message)s"
 """Log lines in the progress lines' style; :class:`LogFormatter` writes the time as :func:`timestamp` does."""
@@ -62,13 +76,21 @@ HEARTBEAT_S = 60.0
 FILE_INTERVAL_S = 1.0
 """Shortest gap between two lines of one phase in the progress file (but for its start and its end)."""
 
-UNITS = {"staging": "unit", "windows": "window"}
+UNITS = {"staging": "unit", "composing": "window", "windows": "window"}
 """What a phase counts, as its bar names it (``"item"`` for any other phase)."""
 
+DELAY_S = 2.0
+"""Silence at the start of a run (unless ``MPI_S2_PROGRESS_DELAY_S`` says otherwise)."""
 
-def timestamp(seconds: float | None = None) -> str:
-    """``seconds`` since the epoch (default: now) in ISO-8601 UTC, to the second: ``2026-12-02T04:40:00Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+__all__ = ["LOG_FORMAT", "LogFormatter", "Progress", "format_duration", "format_rate", "timestamp"]
+
+
+def default_delay() -> float:
+    """:data:`DELAY_S`, or the seconds ``MPI_S2_PROGRESS_DELAY_S`` gives."""
+    try:
+        return float(os.environ.get("MPI_S2_PROGRESS_DELAY_S", DELAY_S))
+    except ValueError:
+        return DELAY_S
 
 
 class LogFormatter(logging.Formatter):
@@ -132,23 +154,26 @@ class Progress:
     """Reports the progress of a run's phases (see the module's docstring).
 
     ``phases`` maps each phase's name to its total, in display order; a plain int is one phase,
-    ``"windows"``. ``clock`` (seconds, monotonic) times the delay, rates and throttling; ``wallclock``
-    (seconds since the epoch) gives the timestamps.
+    ``"windows"``. ``delay_s`` defaults to :func:`default_delay`. ``clock`` (seconds, monotonic) times the
+    delay, rates and throttling; ``wallclock`` (seconds since the epoch) gives the timestamps.
     """
 
     def __init__(self, phases: Mapping[str, int] | int, *, enabled: bool = True, stream: TextIO | None = None,
-                 progress_file: str | None = None, delay_s: float = 2.0,
+                 progress_file: str | None = None, delay_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic, wallclock: Callable[[], float] = time.time):
         totals = {"windows": phases} if isinstance(phases, int) else dict(phases)
         self._names = set(totals)
+        self._order = list(totals)
         self._phases = {name: _Phase(name, total) for name, total in totals.items() if total > 0}
         self._stream = stream if stream is not None else sys.stderr
         self._enabled = enabled
         self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
-        self._delay_s = delay_s
+        self._delay_s = default_delay() if delay_s is None else delay_s
         self._clock, self._wallclock = clock, wallclock
         self._start = clock()
         self._closed = False
+        self._lock = threading.Lock()
+        self._redirect = contextlib.ExitStack()  # log lines through tqdm.write while bars are shown
         self._file: TextIO | None = None
         if progress_file is not None and self._phases:
             self._file = open(progress_file, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
@@ -169,6 +194,10 @@ class Progress:
         state = self._phases.get(phase)
         if state is None:
             return  # a phase with nothing to do
+        with self._lock:
+            self._update(state, done)
+
+    def _update(self, state: _Phase, done: int) -> None:
         if self._closed or state.complete:
             return
         now = self._clock()
@@ -186,23 +215,37 @@ class Progress:
     def close(self) -> None:
         """Close the bars (on a terminal) and the progress file, after writing each phase's last count to it.
 
-        Idempotent; later updates are ignored.
+        Idempotent; later updates are ignored. Called from another thread while an update is under way, it
+        waits for that update (at most a second).
         """
-        if self._closed:
-            return
-        self._closed = True
-        now = self._clock()
-        for state in self._phases.values():
-            if state.bar is not None:
-                state.bar.close()
-            if self._file is not None and state.written_done != state.done:
-                self._write(state, now)
-        if self._file is not None:
-            self._file.close()
+        locked = self._lock.acquire(timeout=1.0)
+        try:
+            if self._closed:
+                return
+            self._closed = True
+            now = self._clock()
+            for state in self._phases.values():
+                if state.bar is not None:
+                    state.bar.close()
+                if self._file is not None and state.written_done != state.done:
+                    self._write(state, now)
+            if self._file is not None:
+                self._file.close()
+            self._redirect.close()
+        finally:
+            if locked:
+                self._lock.release()
+
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Each phase's ``done`` and ``total`` (phases with nothing to do included, with total 0)."""
+        return {name: {"done": state.done if state else 0, "total": state.total if state else 0}
+                for name in self._order for state in (self._phases.get(name),)}
 
     # -- outputs -----------------------------------------------------------------------------------------
     def _show_bar(self, state: _Phase) -> None:
         if state.bar is None:
+            if not any(s.bar is not None for s in self._phases.values()):
+                self._redirect.enter_context(logging_redirect_tqdm())
             state.bar = tqdm(total=state.total, initial=state.done, desc=state.name,
                              unit=UNITS.get(state.name, "item"), file=self._stream, dynamic_ncols=True,
                              mininterval=0.5)

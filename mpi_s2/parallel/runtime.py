@@ -38,9 +38,32 @@ def launcher_rank() -> int:
     return 0
 
 
-def report_error(message: str, rank: int | None = None) -> None:
+def error_line(message: str, rank: int | None = None) -> str:
+    """The one line an error is: ``mpi_s2: error (rank N): message`` (no time: scripts grep for its start)."""
     where = f" (rank {rank})" if rank is not None else ""
-    sys.stderr.write(f"mpi_s2: error{where}: {message}\n")
+    return f"mpi_s2: error{where}: {message}"
+
+
+def report_error(message: str, rank: int | None = None) -> None:
+    sys.stderr.write(error_line(message, rank) + "\n")
+    sys.stderr.flush()
+
+
+def failure_line(exc: BaseException, rank: int, size: int) -> str:
+    """The error line the job prints when ``exc`` ends it on rank ``rank`` of ``size`` (see :func:`run_job`):
+    an error every rank learned is printed once, without a rank."""
+    if isinstance(exc, CollectiveFailure):
+        return error_line(str(exc.error))
+    where = rank if size > 1 else None
+    if isinstance(exc, MpiS2Error):
+        return error_line(str(exc), where)
+    if isinstance(exc, KeyboardInterrupt):
+        return error_line("interrupted", where)
+    return error_line(f"internal error: {type(exc).__name__}: {exc}", where)
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
 
@@ -82,19 +105,19 @@ def _run(main: Callable[[object], object], comm) -> int:
         return 0
     except CollectiveFailure as failure:
         if comm.rank == 0:
-            report_error(str(failure.error))
+            _say(failure_line(failure, comm.rank, comm.size))
         return failure.error.exit_code
     # Abort inside the except clauses: the exception's frames still hold the buffers of messages in flight, which
     # must not be freed (and reused) while another rank may still be receiving them.
     except MpiS2Error as exc:
-        report_error(str(exc), comm.rank if comm.size > 1 else None)
+        _say(failure_line(exc, comm.rank, comm.size))
         return _abort(comm, exc.exit_code)
-    except KeyboardInterrupt:
-        report_error("interrupted", comm.rank if comm.size > 1 else None)
+    except KeyboardInterrupt as exc:
+        _say(failure_line(exc, comm.rank, comm.size))
         return _abort(comm, 130)
     except BaseException as exc:  # a bug: keep the traceback, but still end the job
         traceback.print_exc()
-        report_error(f"internal error: {type(exc).__name__}: {exc}", comm.rank if comm.size > 1 else None)
+        _say(failure_line(exc, comm.rank, comm.size))
         return _abort(comm, 1)
 
 

@@ -35,6 +35,11 @@ def describe(signum: int) -> str:
     return f"{name}: the job was stopped from outside ({causes.get(signum, name)})"
 
 
+def stopped_line(rank: int, signum: int) -> str:
+    """The line rank 0 prints when a signal ends the job (no time: scripts grep for its start)."""
+    return f"mpi_s2: stopped (rank {rank}): {describe(signum)}"
+
+
 class Termination:
     """Signal handling for one rank: install once, register the current cleanup, uninstall at the end."""
 
@@ -94,7 +99,7 @@ class Termination:
     def _terminate(self, signum: int) -> None:
         with self._lock:  # never released: the process ends here
             if self.report:
-                self.stream.write(f"mpi_s2: stopped (rank {self.rank}): {describe(signum)}\n")
+                self.stream.write(stopped_line(self.rank, signum) + "\n")
                 self.stream.flush()
             for cleanup in self._cleanups:
                 try:

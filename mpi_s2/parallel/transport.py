@@ -4,8 +4,9 @@
   The writer learns from the message itself which window it holds, whatever schedule produced it.
 * A worker keeps at most two blocks in flight (it computes the next window while the previous one travels);
   the writer receives into one reusable buffer, so its memory is bounded whatever the mosaic size.
-* A worker asks for its next batch as it starts the last item of the current one (one int64: staging units
-  finished so far), and gets rows of the int64 work table (an empty batch means: stop).
+* A worker asks for its next batch as it starts the last item of the current one (two int64: staging units and
+  windows finished so far, a :class:`~mpi_s2.planning.scheduling.Done`), and gets rows of the int64 work table
+  (an empty batch means: stop). Progress messages carry the same two counts.
 Waiting is done by polling with short sleeps, never by spinning in ``MPI_Probe``/``Recv``: Open MPI waits by
 spinning on a core, and with more ranks than cores (the writer and two decoders on two cores) a spinning rank
 takes CPU the decoders need. A window takes far longer to produce than the sleep.
@@ -20,7 +21,7 @@ from mpi4py import MPI
 
 from mpi_s2.errors import MpiS2Error
 from mpi_s2.output.tile_messages import HEADER_BYTES
-from mpi_s2.planning.scheduling import ITEM_COLUMNS
+from mpi_s2.planning.scheduling import ITEM_COLUMNS, Done
 
 BLOCK_TAG = 11
 REQUEST_TAG = 12
@@ -90,38 +91,40 @@ class WorkRequests:
     """Worker side of the work protocol, asking ahead so that the answer is there when the batch ends.
 
     :meth:`ask` sends a request (once per batch) as the worker starts its last item; :meth:`next` reports
-    staging units finished since then (a progress message, so that rank 0 never waits for a count the worker
-    has not sent) and waits for the batch.
+    what was finished since then (a progress message, so that rank 0 never waits for a count the worker has not
+    sent, and knows every window done) and waits for the batch. Rank 0 listens until every window is reported
+    (:attr:`~mpi_s2.planning.scheduling.Scheduler.windows_reported`), so no count is left behind for a later
+    phase to receive.
     """
 
     def __init__(self, comm: MPI.Comm, dest: int):
         self.comm, self.dest = comm, dest
-        self._asked: int | None = None  # staging units reported by the outstanding request
-        self._last_sent = 0
+        self._asked: Done | None = None  # the counts the outstanding request carried
+        self._last_sent = Done(0, 0)
 
-    def _send(self, tag: int, staged_done: int) -> None:
-        self._last_sent = staged_done
-        self.comm.Send([np.array([staged_done], dtype=np.int64), MPI.INT64_T], dest=self.dest, tag=tag)
+    def _send(self, tag: int, done: Done) -> None:
+        self._last_sent = done
+        self.comm.Send([np.array(done, dtype=np.int64), MPI.INT64_T], dest=self.dest, tag=tag)
 
-    def report(self, staged_done: int) -> None:
-        """Tell rank 0 about staging units finished since the last message (before a collective call, so that
-        rank 0 never waits for a count this worker has not sent while it waits for the others)."""
-        if staged_done != self._last_sent:
-            self._send(PROGRESS_TAG, staged_done)
+    def report(self, done: Done) -> None:
+        """Tell rank 0 what was finished since the last message (before a collective call, so that rank 0 never
+        waits for a count this worker has not sent while it waits for the others)."""
+        if done != self._last_sent:
+            self._send(PROGRESS_TAG, done)
             if self._asked is not None:
-                self._asked = staged_done
+                self._asked = done
 
-    def ask(self, staged_done: int) -> None:
+    def ask(self, done: Done) -> None:
         if self._asked is None:
-            self._send(REQUEST_TAG, staged_done)
-            self._asked = staged_done
+            self._send(REQUEST_TAG, done)
+            self._asked = done
 
-    def next(self, staged_done: int) -> np.ndarray:
+    def next(self, done: Done) -> np.ndarray:
         """The next batch (rows of the work table; empty: stop)."""
         if self._asked is None:
-            self._send(REQUEST_TAG, staged_done)
-        elif staged_done != self._asked:
-            self._send(PROGRESS_TAG, staged_done)
+            self._send(REQUEST_TAG, done)
+        elif done != self._asked:
+            self._send(PROGRESS_TAG, done)
         self._asked = None
         status = MPI.Status()
         wait_for_message(self.comm, status, source=self.dest, tag=BATCH_TAG)
@@ -131,11 +134,11 @@ class WorkRequests:
         return batch
 
 
-def receive_count(comm: MPI.Comm, status: MPI.Status) -> int:
-    """Scheduler side: the request or progress message a probe announced (staging units finished)."""
-    staged = np.empty(1, dtype=np.int64)
-    comm.Recv([staged, MPI.INT64_T], source=status.Get_source(), tag=status.Get_tag())
-    return int(staged[0])
+def receive_count(comm: MPI.Comm, status: MPI.Status) -> Done:
+    """Scheduler side: the request or progress message a probe announced (staging units and windows finished)."""
+    counts = np.empty(len(Done._fields), dtype=np.int64)
+    comm.Recv([counts, MPI.INT64_T], source=status.Get_source(), tag=status.Get_tag())
+    return Done(*(int(c) for c in counts))
 
 
 class BatchSender:

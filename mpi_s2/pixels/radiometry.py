@@ -83,15 +83,18 @@ def render_window(
     *,
     alpha: bool,
     invalid: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Transform three uint16 band arrays into ``out`` (``(3 or 4, rows, cols)`` uint8, C-contiguous).
 
     Invalid pixels (nodata DN in any band, or ``invalid``, e.g. masked clouds) are 0 in every band; with
-    ``alpha`` the 4th band is 255 on valid pixels and 0 elsewhere. Returns ``out``.
+    ``alpha`` the 4th band is 255 on valid pixels and 0 elsewhere. A caller that has the valid pixels already
+    gives them as ``valid`` (then ``invalid`` is not used). Returns ``out``.
     """
-    valid = valid_mask(bands)
-    if invalid is not None:
-        valid &= ~invalid
+    if valid is None:
+        valid = valid_mask(bands)
+        if invalid is not None:
+            valid &= ~invalid
     for i, (band, lut) in enumerate(zip(bands, luts, strict=True)):
         np.take(lut, band, out=out[i])
         out[i] *= valid  # 0 on invalid pixels; uint8 * bool stays uint8

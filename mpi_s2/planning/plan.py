@@ -102,7 +102,8 @@ def output_request(config: ComposeConfig) -> OutputRequest:
     return OutputRequest(config.output, band_count=config.band_count, profile=config.profile,
                          creation_options=config.creation_options, window=config.window, cog=config.cog,
                          quicklook=config.quicklook, quicklook_size=config.quicklook_size,
-                         overwrite=config.overwrite, resume=config.resume, inputs=config.input_paths)
+                         overwrite=config.overwrite, resume=config.resume, inputs=config.input_paths,
+                         report=config.report, progress_file=config.progress_file)
 
 
 def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:

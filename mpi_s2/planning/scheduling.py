@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -33,6 +33,13 @@ KIND_STAGE, KIND_WINDOW = 0, 1
 #: and the rectangle (file pixels for stage units, output pixels for windows).
 ITEM_COLUMNS = ("kind", "index", "source", "first_file", "file_count", "col_off", "row_off", "width", "height")
 MAX_BATCH = 8
+
+
+class Done(NamedTuple):
+    """What a worker has finished so far, as it tells rank 0 with each request or progress message."""
+
+    staged: int  # staging units, their copies closed
+    windows: int  # windows filled (composed, or read back from an HDF5 file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +87,13 @@ class WorkPlan:
     def scheduler(self, workers: Sequence[int], todo: list[int]) -> Scheduler:
         """The scheduler of the windows ``todo``; staging is skipped when none of them reads a staged copy."""
         independent = self.independent or (True,) * len(self.windows)
-        staging = len(self.stage_units) if not all(independent[i] for i in todo) else 0
-        return Scheduler(staging, independent, workers, self.schedule, windows=todo)
+        return Scheduler(self.stage_count(todo), independent, workers, self.schedule, windows=todo)
+
+    def stage_count(self, todo: list[int]) -> int:
+        """The staging units the scheduler of the windows ``todo`` hands out: all, or none when no window of
+        ``todo`` reads a staged copy."""
+        independent = self.independent or (True,) * len(self.windows)
+        return len(self.stage_units) if not all(independent[i] for i in todo) else 0
 
     def table(self, items: Sequence[WorkItem]) -> np.ndarray:
         """``items`` as rows of the int64 work table."""
@@ -106,8 +118,9 @@ class Scheduler:
     """Rank 0's bookkeeping of who has what; answers workers' requests for more work.
 
     ``independent[i]`` says whether window ``i`` can start before staging ends. A request carries the number
-    of staging units the worker has finished; staging has ended when every unit is handed out and reported
-    done. An empty batch tells a worker to stop.
+    of staging units the worker has finished (and the windows, see :class:`Done`); staging has ended when every
+    unit is handed out and reported done. An empty batch tells a worker to stop. The counts summed over the
+    workers (:attr:`staged_done_total`, :attr:`windows_done_total`) are what rank 0 shows as progress.
     """
 
     def __init__(self, n_stage: int, independent: Sequence[bool], workers: Sequence[int], policy: str = "dynamic",
@@ -121,14 +134,16 @@ class Scheduler:
         self.independent = list(independent)
         self._stage = deque(range(n_stage))
         todo = list(range(len(self.independent))) if windows is None else sorted(windows)
+        self.n_windows = len(todo)
         self._windows = list(todo)  # not yet handed out, in row-major order
         self._staged_done = {w: 0 for w in self.workers}
+        self._windows_done = {w: 0 for w in self.workers}
         self._pending: list[int] = []
         self._stopped: set[int] = set()
         if policy == "static":
-            self._static_stage = dict(zip(self.workers, contiguous_shares(n_stage, len(self.workers))))
-            self._static_windows = {w: [todo[i] for i in share]
-                                    for w, share in zip(self.workers, contiguous_shares(len(todo), len(self.workers)))}
+            self._static_stage = dict(zip(self.workers, contiguous_shares(n_stage, len(self.workers)), strict=True))
+            shares = contiguous_shares(len(todo), len(self.workers))
+            self._static_windows = {w: [todo[i] for i in share] for w, share in zip(self.workers, shares, strict=True)}
 
     # -- state -------------------------------------------------------------------------------------------
     @property
@@ -139,6 +154,21 @@ class Scheduler:
     def finished(self) -> bool:
         """Every worker has been told to stop."""
         return len(self._stopped) == len(self.workers)
+
+    @property
+    def staged_done_total(self) -> int:
+        """Staging units the workers have reported done."""
+        return sum(self._staged_done.values())
+
+    @property
+    def windows_done_total(self) -> int:
+        """Windows the workers have reported done (0 unless their messages carry window counts)."""
+        return sum(self._windows_done.values())
+
+    @property
+    def windows_reported(self) -> bool:
+        """Every window handed out has been reported done: no count is still on its way to rank 0."""
+        return self.windows_done_total >= self.n_windows
 
     # -- handing out ---------------------------------------------------------------------------------------
     def _take_stage(self, worker: int) -> list[WorkItem]:
@@ -184,18 +214,21 @@ class Scheduler:
             batches[w] = batch if batch else []
         return batches
 
-    def request(self, worker: int, staged_done: int) -> None:
-        """``worker`` asks for its next batch, having finished ``staged_done`` staging units in all.
+    def request(self, worker: int, staged_done: int, windows_done: int | None = None) -> None:
+        """``worker`` asks for its next batch, having finished ``staged_done`` staging units in all (and
+        ``windows_done`` windows, when given).
 
-        A worker asks ahead, as it starts the last item of its batch; if that item is a staging unit, it
-        reports it with :meth:`progress` before it waits for the answer.
+        A worker asks ahead, as it starts the last item of its batch; it reports that item with :meth:`progress`
+        before it waits for the answer.
         """
-        self._staged_done[worker] = staged_done
+        self.progress(worker, staged_done, windows_done)
         self._pending.append(worker)
 
-    def progress(self, worker: int, staged_done: int) -> None:
-        """``worker`` has now finished ``staged_done`` staging units in all (its request is pending)."""
+    def progress(self, worker: int, staged_done: int, windows_done: int | None = None) -> None:
+        """``worker`` has now finished ``staged_done`` staging units (and ``windows_done`` windows) in all."""
         self._staged_done[worker] = staged_done
+        if windows_done is not None:
+            self._windows_done[worker] = windows_done
 
     def replies(self) -> list[tuple[int, list[WorkItem]]]:
         """Answer every pending request that can be answered now (an empty batch stops the worker)."""

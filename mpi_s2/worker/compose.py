@@ -3,6 +3,10 @@
 Where sources overlap, the first valid pixel in input order wins. A pixel is valid in a source where none of
 its three bands is the nodata DN and, with cloud masking, its scene class is not masked. The output is 0 in
 every band where no source is valid; the alpha band (if any) is 255 exactly where some source is valid.
+
+Each window's pixels are counted into the rank's :class:`~mpi_s2.report.RankStats`: ``valid_pixels`` (some
+source valid) and ``cloud_masked_pixels`` (some source has data there, but every such source is masked); the
+rest of the window is nodata.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ from typing import Sequence
 
 import numpy as np
 
-from mpi_s2.planning.mosaic import TileSource
-from mpi_s2.pixels.radiometry import render_window, valid_mask
-from mpi_s2.report import RankStats
 from mpi_s2.inputs.bands import TileReader
 from mpi_s2.inputs.block_counts import DecodeCounter
+from mpi_s2.pixels.radiometry import render_window, valid_mask
+from mpi_s2.planning.mosaic import TileSource
+from mpi_s2.report import RankStats
 from mpi_s2.windows import Window, intersection, relative_to
 
 
@@ -31,6 +35,7 @@ class WindowComposer:
         self._dn = [np.empty(max_pixels, dtype=np.uint16) for _ in range(3)]
         self._scl = np.empty(max_pixels, dtype=np.uint8)
         self._filled = np.empty(max_pixels, dtype=bool)
+        self._has_data = np.empty(max_pixels, dtype=bool)
 
     def _reader(self, i: int) -> TileReader:
         if i not in self._readers:
@@ -69,23 +74,37 @@ class WindowComposer:
             i, _ = covering[0]
             bands, invalid = self._read(i, relative_to(window, self.sources[i].placement), stats)
             with stats.timer("compute"):
-                render_window(bands, tuple(self.luts[i]), block, alpha=self.alpha, invalid=invalid)  # type: ignore
+                valid = valid_mask(bands)
+                if invalid is not None:
+                    invalid &= valid  # masked where there is data
+                    stats.cloud_masked_pixels += int(np.count_nonzero(invalid))
+                    valid &= ~invalid
+                stats.valid_pixels += int(np.count_nonzero(valid))
+                render_window(bands, tuple(self.luts[i]), block, alpha=self.alpha, valid=valid)  # type: ignore
             return
         with stats.timer("compute"):
             block[...] = 0
             filled = self._filled[: window.size].reshape(window.shape)
             filled[...] = False
+            has_data = self._has_data[: window.size].reshape(window.shape)
+            has_data[...] = False
+        masking = False
         for i, part in covering:
             bands, invalid = self._read(i, relative_to(part, self.sources[i].placement), stats)
             with stats.timer("compute"):
                 rows, cols = relative_to(part, window).toslices()
                 take = valid_mask(bands)
                 if invalid is not None:
+                    masking = True
+                    has_data[rows, cols] |= take
                     take &= ~invalid
                 take &= ~filled[rows, cols]
                 for b in range(3):
                     np.copyto(block[b, rows, cols], np.take(self.luts[i, b], bands[b]), where=take)
                 filled[rows, cols] |= take
-        if self.alpha:
-            with stats.timer("compute"):
+        with stats.timer("compute"):
+            stats.valid_pixels += int(np.count_nonzero(filled))
+            if masking:  # data in a masked source, and no source valid (one without a mask fills its data)
+                stats.cloud_masked_pixels += int(np.count_nonzero(has_data & ~filled))
+            if self.alpha:
                 np.multiply(filled, 255, out=block[3], casting="unsafe")

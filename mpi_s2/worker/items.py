@@ -11,7 +11,7 @@ import numpy as np
 from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.inputs.cloudmask import invalid_class_lut
 from mpi_s2.planning.plan import Plan
-from mpi_s2.planning.scheduling import KIND_STAGE
+from mpi_s2.planning.scheduling import KIND_STAGE, Done
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit
 from mpi_s2.report import RankStats
 from mpi_s2.windows import Window
@@ -56,6 +56,10 @@ class ItemWorker:
             with self.stats.timer("write"):
                 self._stager.close()
         return self.stats.stage_units
+
+    def done(self) -> Done:
+        """Staging units (see :meth:`staged_done`) and windows finished so far, as rank 0 is told."""
+        return Done(self.staged_done(), self.stats.windows)
 
     def fill(self, window: Window, block: np.ndarray) -> None:
         """Fill ``block`` (``(bands, rows, cols)``) with ``window``'s pixels."""
