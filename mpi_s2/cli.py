@@ -54,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, on the top one
 
-    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    def parse_args(self, args=None, namespace=None):
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:  # left over by the subcommand: name it, not the top-level parser
             parser = self.commands.get(getattr(parsed, "command", None) or "", self)
@@ -70,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
                 raise
             raise argparse.ArgumentError(action, f"{exc.message} (did you mean {close[0]}?)") from None
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         from mpi_s2.parallel.runtime import launcher_rank
 
         if launcher_rank() == 0:  # one line, like every other error (usage: --help)
@@ -137,9 +137,9 @@ def _group(parser: argparse.ArgumentParser, title: str):
     return parser.add_argument_group(title)
 
 
-def _output_options() -> argparse.ArgumentParser:
+def _output_options() -> _Parser:
     """The options compose and convert share: declared once, a parent parser of both."""
-    shared = argparse.ArgumentParser(add_help=False)
+    shared = _Parser(add_help=False)
     shared.add_argument("--schedule", choices=SCHEDULES, default="dynamic",
                         help="dynamic (default): workers ask rank 0 for more work in small batches; static: "
                              "each worker gets a fixed contiguous share")
@@ -162,7 +162,7 @@ def _output_options() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mpi-s2", description="MPI-parallel Sentinel-2 true-colour GeoTIFFs.")
     parser.add_argument("--version", action="version", version=f"mpi_s2 {__version__}")
-    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity = _Parser(add_help=False)
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors, no progress line")
     output = _output_options()

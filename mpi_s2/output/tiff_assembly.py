@@ -25,7 +25,7 @@ import errno
 import io
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import tifffile
@@ -130,7 +130,7 @@ class TiffAssembler:
         self._index = [np.full((layout.count, 2), -1, dtype=np.int64) for layout in self.layouts]
         self.done: set[int] = set()
         self._journal: Journal | None = None
-        self._data = None
+        self._data: BinaryIO | None = None
         self._coarse: CoarseLevels | None = None
         if resume:
             self._resume(fingerprint)
@@ -208,14 +208,19 @@ class TiffAssembler:
             except OSError as exc:
                 raise _fail(self.spec, exc) from None
 
+    def _opened(self) -> BinaryIO:
+        """The data file (open from the constructor until the end)."""
+        assert self._data is not None
+        return self._data
+
     def add_tile(self, level: int, number: int, data: bytes | np.ndarray) -> tuple[int, int]:
         """Append one encoded tile; return its (offset, size) in the data file."""
         if self._index[level][number, 1] >= 0:
             raise OutputError(f"{self.spec.path}: tile {number} of level {level} arrived twice")
-        view = memoryview(data).cast("B")
+        view = memoryview(data).cast("B")  # type: ignore[arg-type]  # numpy 1.24 predates typing.Buffer
         try:
-            self._data.write(view)
-            self._data.flush()  # in the file (page cache) before the journal's thread may sync it
+            self._opened().write(view)
+            self._opened().flush()  # in the file (page cache) before the journal's thread may sync it
         except OSError as exc:
             raise _fail(self.spec, exc) from None
         offset, size = self._end, len(view)
@@ -225,7 +230,7 @@ class TiffAssembler:
 
     def _sync(self) -> None:
         """Make what the journal is about to name durable (the journal's thread; appends go on meanwhile)."""
-        os.fdatasync(self._data.fileno())
+        os.fdatasync(self._opened().fileno())
         if self._coarse is not None:
             self._coarse.flush()
 
@@ -244,9 +249,9 @@ class TiffAssembler:
         try:
             if self._journal is not None:
                 self._journal.wait()
-            self._data.flush()
+            self._opened().flush()
             if self.levels == 0:
-                self._data.close()
+                self._opened().close()
                 placed = [(0, np.maximum(self._index[0][:, 0], 0), np.maximum(self._index[0][:, 1], 0))]
             else:
                 placed = self._copy_levels()
@@ -264,7 +269,7 @@ class TiffAssembler:
                 offsets = np.zeros(self.layouts[level].count, dtype=np.int64)
                 sizes = np.maximum(self._index[level][:, 1], 0)
                 for number in np.flatnonzero(sizes).tolist():
-                    _copy_range(self._data.fileno(), dst.fileno(), int(self._index[level][number, 0]),
+                    _copy_range(self._opened().fileno(), dst.fileno(), int(self._index[level][number, 0]),
                                 int(sizes[number]), end)
                     offsets[number] = end
                     end += int(sizes[number])

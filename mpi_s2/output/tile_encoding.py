@@ -73,7 +73,7 @@ class TileEncoder:
         band = ds.GetRasterBand(1)
         across = -(-window.width // self.layout.tile[0])
         down = -(-window.height // self.layout.tile[1])
-        tiles = []
+        tiles: list[TileEntry] = []
         fh = gdal.VSIFOpenL(self.path, "rb")
         try:
             for ty in range(down):

@@ -81,9 +81,9 @@ def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, s
     levels = encoded = 0
     if cog:
         window_size, levels, encoded = plan_cog(output, options, window_size, grid.size)
-    written = [Window(*w) for w in attrs["plan"]["windows"]]
+    stored = [Window(*w) for w in attrs["plan"]["windows"]]
     windows = tuple(w for w in plan_windows(grid.size, window_size)
-                    if any(intersection(w, v) for v in written))
+                    if any(intersection(w, v) for v in stored))
     spec = OutputSpec(output, grid, bands, options, attrs["gdal_metadata"])
     return OutputPlan(spec, window_size, windows, writer_encodes_because=workers_can_compress(
         options, window_size, grid.size), cog=cog, overview_levels=levels, worker_overview_levels=encoded)
@@ -143,6 +143,7 @@ def _convert(path: str, output: str, comm: MPI.Comm, run: RunReport, *, cog: boo
     ranks = comm.gather(stats.finish(), root=PLANNER_RANK)
     if not roles.is_planner:
         return None
+    assert ranks is not None
     wall = time.perf_counter() - start
     result = build_report({"output": output, "converted_from": os.path.abspath(path), "size": list(out.spec.grid.size),
                            "pixels": out.spec.grid.width * out.spec.grid.height,

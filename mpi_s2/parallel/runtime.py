@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 from mpi_s2.errors import CollectiveFailure, LaunchError, MpiS2Error
 from mpi_s2.parallel import termination
@@ -81,7 +81,7 @@ def check_launch(comm_size: int, environ: dict[str, str] | os._Environ = os.envi
         )
 
 
-def run_job(main: Callable[[object], object], comm=None) -> int:
+def run_job(main: Callable[[Any], object], comm=None) -> int:
     """Run ``main(comm)`` on every rank and return the process exit code (or abort the job)."""
     from mpi4py import MPI
 
@@ -93,7 +93,7 @@ def run_job(main: Callable[[object], object], comm=None) -> int:
         termination.uninstall()
 
 
-def _run(main: Callable[[object], object], comm) -> int:
+def _run(main: Callable[[Any], object], comm) -> int:
     try:
         check_launch(comm.size)
     except LaunchError as exc:

@@ -29,8 +29,9 @@ _active: Termination | None = None
 
 
 def describe(signum: int) -> str:
-    causes = {signal.SIGTERM: "a time limit, scancel, or mpirun ending the job: Ctrl-C, or another rank failed",
-              signal.SIGINT: "Ctrl-C", signal.SIGHUP: "the terminal was closed"}
+    causes: dict[int, str] = {
+        signal.SIGTERM: "a time limit, scancel, or mpirun ending the job: Ctrl-C, or another rank failed",
+        signal.SIGINT: "Ctrl-C", signal.SIGHUP: "the terminal was closed"}
     name = signal.Signals(signum).name
     return f"{name}: the job was stopped from outside ({causes.get(signum, name)})"
 

@@ -173,7 +173,7 @@ def scatter_batches(comm: MPI.Comm, root: int, tables: dict[int, np.ndarray] | N
         table = np.ascontiguousarray(np.concatenate(parts) if parts else np.empty((0, width)), dtype=np.int64)
         sendbuf = [table, counts, displs, MPI.INT64_T]
     else:
-        counts, sendbuf = None, None
+        counts, sendbuf = [], None  # not read on the other ranks
     my_count = comm.scatter(counts, root=root)
     mine = np.empty((my_count // width, width), dtype=np.int64)
     comm.Scatterv(sendbuf, [mine, MPI.INT64_T], root=root)

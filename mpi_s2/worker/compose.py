@@ -80,7 +80,7 @@ class WindowComposer:
                     stats.cloud_masked_pixels += int(np.count_nonzero(invalid))
                     valid &= ~invalid
                 stats.valid_pixels += int(np.count_nonzero(valid))
-                render_window(bands, tuple(self.luts[i]), block, alpha=self.alpha, valid=valid)  # type: ignore
+                render_window(bands, tuple(self.luts[i]), block, alpha=self.alpha, valid=valid)
             return
         with stats.timer("compute"):
             block[...] = 0
