@@ -35,7 +35,7 @@ from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.pixels.radiometry import LUT_SIZE
 from mpi_s2.planning.plan import Plan, make_plan, plan_luts
 from mpi_s2.planning.stage_plan import remove_staging
-from mpi_s2.report import RankStats, build_report, write_report
+from mpi_s2.report import RankStats, build_report, quicklook_seconds, write_report
 from mpi_s2.text import plural
 from mpi_s2.worker.items import compose_worker
 
@@ -122,7 +122,9 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     if hdf5:
         report["hdf5"] = hdf5
     if config.quicklook and preview is not None:
-        report["quicklook"] = {"path": config.quicklook, "size": list(preview)}
+        # its own time: the HDF5 backend makes it while converting, whose ranks are accounted apart
+        report["quicklook"] = {"path": config.quicklook, "size": list(preview),
+                               **quicklook_seconds(hdf5["convert_ranks"] if hdf5 else ranks or [])}
     if config.report:
         write_report(config.report, report)
     log.info("wrote %s (%d x %d, %s, %s) in %.1f s", config.output, plan.grid.width, plan.grid.height,
