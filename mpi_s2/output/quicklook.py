@@ -58,9 +58,26 @@ def cell_window(window: Window, factor: int) -> Window:
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def _first_sum_type(factor: int) -> type:
-    """The narrowest type that holds a sum of ``factor`` uint8 values."""
-    return np.uint16 if factor * 255 <= 0xFFFF else np.uint32 if factor * 255 <= 0xFFFFFFFF else np.uint64
+def _cell_totals(values: np.ndarray, axis: int, offset: int, factor: int, dtype: type) -> np.ndarray:
+    """Sums of ``values`` along ``axis`` per cell of ``factor``, the axis starting ``offset`` pixels into the
+    raster: a partial first cell, the whole cells (one reshaped sum, no copy), a partial last cell."""
+    size = values.shape[axis]
+    head = min((-offset) % factor, size)
+    whole = (size - head) // factor * factor
+    parts = []
+
+    def part(start: int, stop: int) -> np.ndarray:
+        return values[(slice(None),) * axis + (slice(start, stop),)]
+
+    if head:
+        parts.append(part(0, head).sum(axis=axis, dtype=dtype, keepdims=True))
+    if whole:
+        cells = part(head, head + whole)
+        shape = (*cells.shape[:axis], whole // factor, factor, *cells.shape[axis + 1:])
+        parts.append(cells.reshape(shape).sum(axis=axis + 1, dtype=dtype))
+    if head + whole < size:
+        parts.append(part(head + whole, size).sum(axis=axis, dtype=dtype, keepdims=True))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
 def cell_sums(block: np.ndarray, window: Window, factor: int) -> np.ndarray:
@@ -68,29 +85,16 @@ def cell_sums(block: np.ndarray, window: Window, factor: int) -> np.ndarray:
 
     ``block``: the window's composed ``(bands, rows, cols)`` uint8 pixels (RGB first; valid as
     :func:`~mpi_s2.output.overviews.valid_pixels` says). Per cell: the sums of R, G and B over the valid pixels of
-    the cell that lie in the window, then their count.
+    the cell that lie in the window, then their count. About 2 ms for a 1024 x 1024 window.
     """
-    height, width = block.shape[1:]
-    cells = cell_window(window, factor)
     valid = valid_pixels(block)
-    top, left = window.row_off - cells.row_off * factor, window.col_off - cells.col_off * factor
-    rows, cols = cells.height * factor, cells.width * factor
-    if rows * cols <= 2 * height * width:
-        # the window placed in whole cells (zero elsewhere), then two reshaped sums: a few ms per 1024 window
-        padded = np.zeros((SUM_BANDS, rows, cols), dtype=np.uint8)
-        inner = padded[:, top: top + height, left: left + width]
-        np.multiply(block[:3], valid, out=inner[:3])
-        inner[3] = valid
-        partial = padded.reshape(SUM_BANDS, cells.height, factor, cols).sum(axis=2, dtype=_first_sum_type(factor))
-        return partial.reshape(SUM_BANDS, cells.height, cells.width, factor).sum(axis=3, dtype=np.uint64)
-    # cells much larger than the window (a huge mosaic): sum between cell boundaries, without padding
-    masked = np.empty((SUM_BANDS, height, width), dtype=np.uint8)
+    masked = np.empty((SUM_BANDS, *valid.shape), dtype=np.uint8)
     np.multiply(block[:3], valid, out=masked[:3])
     masked[3] = valid
-    row_starts = np.maximum(np.arange(cells.height) * factor - top, 0)
-    col_starts = np.maximum(np.arange(cells.width) * factor - left, 0)
-    partial = np.add.reduceat(masked, col_starts, axis=2, dtype=np.uint64)
-    return np.add.reduceat(partial, row_starts, axis=1, dtype=np.uint64)
+    # rows first (a sum of ``factor`` uint8 rows fits uint16 up to factor 257), then columns, into uint64
+    narrow = np.uint16 if factor * 255 <= 0xFFFF else np.uint64
+    rows = _cell_totals(masked, 1, window.row_off, factor, narrow)
+    return _cell_totals(rows, 2, window.col_off, factor, np.uint64)
 
 
 class QuicklookSums:
