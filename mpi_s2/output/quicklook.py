@@ -125,6 +125,9 @@ class QuicklookSums:
 
     def add_file_windows(self, path: str, windows: Iterable[Window]) -> None:
         """Add ``windows`` as the GeoTIFF at ``path`` holds them, read one window at a time (bounded memory)."""
+        windows = list(windows)
+        if not windows:
+            return
         try:
             ds = gdal.Open(path)
             for window in windows:
@@ -155,6 +158,11 @@ class QuicklookSums:
         return self.size
 
 
+#: GDAL's creation options per format. PNG: deflate level 1, not the default 6: 4x faster (0.1 s for a 1000 x
+#: 1000 RGBA preview, on the job's critical path) for a file about a quarter larger; the pixels are the same.
+CREATION_OPTIONS = {"PNG": ["WORLDFILE=NO", "ZLEVEL=1"], "JPEG": ["QUALITY=90"]}
+
+
 def write_image(path: str, image: np.ndarray) -> None:
     """Write ``(bands, rows, cols)`` uint8 ``image`` to ``path`` (PNG, or JPEG at quality 90) under a temporary
     name renamed when complete; :class:`OutputError` in one line when it fails, leaving nothing behind."""
@@ -168,8 +176,7 @@ def write_image(path: str, image: np.ndarray) -> None:
     head, tail = os.path.split(os.path.abspath(path))
     tmp = os.path.join(head, f".{tail}.partial")
     try:
-        gdal.GetDriverByName(driver).CreateCopy(tmp, mem, options=["WORLDFILE=NO"] if driver == "PNG" else
-                                                ["QUALITY=90"])
+        gdal.GetDriverByName(driver).CreateCopy(tmp, mem, options=CREATION_OPTIONS[driver])
         for aux in (tmp + ".aux.xml",):
             if os.path.exists(aux):
                 os.unlink(aux)
