@@ -127,6 +127,7 @@ def check_quicklook(out, preview, size: int, report=None) -> None:
     (4, "writer", ("--window", "300"), 150),       # windows not whole tiles: raw blocks, sums taken by the writer
     (1, "writer", ("--window", "300"), 1300),      # one rank with GDAL's writer; factor 1
     (3, "writer", ("--no-alpha",), 200),           # no alpha: valid where any of RGB > 0
+    (1, "hdf5", (), 200),
     (2, "hdf5", (), 200),
     (3, "hdf5", ("--cog",), 111),                  # factor 12
     (4, "hdf5", (*TILES_256, "--no-alpha"), 200),
