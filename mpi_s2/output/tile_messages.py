@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -50,7 +52,7 @@ def unpack_tiles(message: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     return out
 
 
-def split_quicklook(entries: list[TileEntry]) -> tuple[list[TileEntry], bytes | np.ndarray | None]:
+def split_quicklook(entries: Sequence[TileEntry]) -> tuple[list[TileEntry], bytes | np.ndarray | None]:
     """A window's entries without its :data:`QUICKLOOK_PIECE`, and that piece's data (None when it has none)."""
     rest, piece = [], None
     for entry in entries:

@@ -20,7 +20,7 @@ resume) and a :class:`~mpi_s2.planning.scheduling.WorkPlan`; it never reads the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -70,7 +70,7 @@ def place_raw(writer: GeoTiffWriter, quicklook: QuicklookSums | None, window: Wi
 
 
 def place_tiles(assembler: TiffAssembler, quicklook: QuicklookSums | None, index: int,
-                entries: list[TileEntry], stats: RankStats) -> None:
+                entries: Sequence[TileEntry], stats: RankStats) -> None:
     """A window's encoded tiles into the assembler, and the cell sums that came with them into the quicklook."""
     tiles, sums = split_quicklook(entries)
     if quicklook is not None:
@@ -115,7 +115,7 @@ class AssemblerSink:
         pass
 
     def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
-        place_tiles(self.assembler, self.quicklook, index, list(unpack_tiles(message[HEADER_BYTES:])), self.stats)
+        place_tiles(self.assembler, self.quicklook, index, unpack_tiles(message[HEADER_BYTES:]), self.stats)
         self.done += 1
         self.progress.update(self.done)
 
@@ -297,7 +297,7 @@ def run_writer(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Sched
     messages = receive_windows(comm, out, work, scheduler, stats, progress, expected)
     if assembler is not None:
         for count, (index, message) in enumerate(messages, start=1):
-            place_tiles(assembler, quicklook, index, list(unpack_tiles(message[HEADER_BYTES:])), stats)
+            place_tiles(assembler, quicklook, index, unpack_tiles(message[HEADER_BYTES:]), stats)
             faults.window_done(comm.rank, count)
         if out.cog:
             serve_strips(comm, assembler, Roles(comm.rank, comm.size).worker_ranks, stats)
