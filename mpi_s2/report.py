@@ -34,6 +34,9 @@ class BlockCounts(Protocol):
 
 
 PHASES = ("read", "compute", "encode", "wait", "write")
+#: Timed apart from the phases, in its own field: the quicklook (a worker's cell sums; the writer's accumulation,
+#: read-back after a resume and the image).
+QUICKLOOK = "quicklook"
 
 
 @dataclass
@@ -52,14 +55,19 @@ class RankStats:
     cpu_s: float = 0.0
     host: str = field(default_factory=socket.gethostname)
     decoder_threads: int = 1
+    quicklook_s: float = 0.0
 
     @contextlib.contextmanager
     def timer(self, phase: str) -> Iterator[None]:
+        """Add the time spent in the block to ``phase`` (one of :data:`PHASES`, or :data:`QUICKLOOK`)."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - start
+            if phase == QUICKLOOK:
+                self.quicklook_s += time.perf_counter() - start
+            else:
+                self.seconds[phase] += time.perf_counter() - start
 
     def finish(self, counter: BlockCounts | None = None) -> dict[str, Any]:
         """Record peak memory and CPU time and return a plain dict (for ``comm.gather``).
@@ -74,6 +82,7 @@ class RankStats:
         data["seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
         data["peak_rss_mb"] = round(self.peak_rss_mb, 1)
         data["cpu_s"] = round(self.cpu_s, 3)
+        data["quicklook_s"] = round(self.quicklook_s, 4)
         if counter is not None:
             data["blocks_decoded"] = {str(s): n for s, n in sorted(counter.decoded.items())}
             data["decode"] = counter.as_dict()
@@ -102,6 +111,14 @@ def output_stage_capacity(ranks: list[dict[str, Any]]) -> dict[str, float] | Non
     return {"worker_cpu_s_per_window": round(per_worker_window, 5),
             "writer_cpu_s_per_window": round(per_writer_window, 5),
             "n_star": round(per_worker_window / per_writer_window, 1) if per_writer_window > 0 else None}
+
+
+def quicklook_seconds(ranks: list[dict[str, Any]]) -> dict[str, float]:
+    """The quicklook's own time: the writer rank's (accumulating, reading reused windows back, writing the image;
+    in a one-rank job, everything) and the workers' summed time computing their windows' cell sums."""
+    writer = sum(r.get("quicklook_s", 0.0) for r in ranks if "writer" in r["role"])
+    workers = sum(r.get("quicklook_s", 0.0) for r in ranks if "writer" not in r["role"])
+    return {"seconds": round(writer + workers, 4), "writer_s": round(writer, 4), "workers_s": round(workers, 4)}
 
 
 def build_report(summary: dict[str, Any], ranks: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from mpi_s2.inputs.bands import Grid
 from mpi_s2.output.overviews import check_window_size, level_count, worker_levels
 from mpi_s2.output.paths import check_output_path, check_side_file
 from mpi_s2.output.profiles import creation_options, validate_creation_options
-from mpi_s2.output.quicklook import DEFAULT_SIZE, quicklook_format
+from mpi_s2.output.quicklook import DEFAULT_SIZE, quicklook_format, reduction_factor
 from mpi_s2.output.tile_encoding import workers_can_compress
 from mpi_s2.windows import Window, choose_window_size, plan_windows, tile_size
 
@@ -82,6 +82,11 @@ class OutputPlan:
     @property
     def max_pixels(self) -> int:
         return self.window_size[0] * self.window_size[1]
+
+    @property
+    def quicklook_factor(self) -> int:
+        """The quicklook's cell edge in output pixels; 0 when no quicklook is asked for."""
+        return reduction_factor(*self.spec.grid.size, self.quicklook_size) if self.quicklook else 0
 
     @property
     def resumable(self) -> bool:

@@ -2,15 +2,21 @@
 
 * A raw block: an 8-byte header holding the window's index, then the ``(bands, rows, cols)`` pixels.
 * Encoded tiles: the same header, then an int64 index of ``(level, tile number, size)`` and the tiles' bytes
-  (:func:`pack_tiles`); coarse overview levels may travel as raw pieces (:data:`RAW_PIECE`).
+  (:func:`pack_tiles`); coarse overview levels may travel as raw pieces (:data:`RAW_PIECE`), and the window's
+  quicklook sums as one more piece (:data:`QUICKLOOK_PIECE`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 #: The tile number of a raw (not encoded) piece of a coarse overview level, placed by the writer.
 RAW_PIECE = -1
+#: The tile number of a window's quicklook sums (level 0): uint64 ``(4, rows, cols)`` over the quicklook cells the
+#: window touches, which the writer derives from the window (:func:`mpi_s2.output.quicklook.cell_sums`).
+QUICKLOOK_PIECE = -2
 
 
 #: One entry of a window's message: (overview level, 0 for full resolution; tile number or RAW_PIECE; bytes).
@@ -20,7 +26,7 @@ TileEntry = tuple[int, int, "bytes | np.ndarray"]
 def pack_tiles(tiles: list[TileEntry], header_bytes: int = 0) -> np.ndarray:
     """A window's tiles as one uint8 message: ``header_bytes`` left for the caller, an int64 index
     ``[count, (level, tile number, size)...]``, then the bytes; each tile is copied once."""
-    views = [memoryview(data).cast("B") for _, _, data in tiles]
+    views = [data.data.cast("B") if isinstance(data, np.ndarray) else memoryview(data) for _, _, data in tiles]
     index_bytes = 8 * (1 + 3 * len(tiles))
     message = np.empty(header_bytes + index_bytes + sum(len(v) for v in views), dtype=np.uint8)
     index = message[header_bytes: header_bytes + index_bytes].view(np.int64)
@@ -45,6 +51,15 @@ def unpack_tiles(message: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
     return out
 
 
+def split_quicklook(entries: Sequence[TileEntry]) -> tuple[list[TileEntry], bytes | np.ndarray | None]:
+    """A window's entries without its :data:`QUICKLOOK_PIECE`, and that piece's data (None when it has none)."""
+    rest, piece = [], None
+    for entry in entries:
+        if entry[1] == QUICKLOOK_PIECE:
+            piece = entry[2]
+        else:
+            rest.append(entry)
+    return rest, piece
 
 
 HEADER_BYTES = 8

@@ -201,8 +201,9 @@ def compose_via_hdf5(comm: MPI.Comm, roles: Roles, plan: Plan, worker: ItemWorke
     ranks = comm.gather(convert_stats.finish(), root=PLANNER_RANK)
     info.update(convert_s=round(time.perf_counter() - start, 3), kept=plan.config.keep_h5)
     if roles.is_planner:
-        info["convert_ranks"] = [{"rank": r["rank"], "seconds": r["seconds"], "cpu_s": r.get("cpu_s")}
-                                 for r in ranks]
+        assert ranks is not None
+        info["convert_ranks"] = [{"rank": r["rank"], "role": r["role"], "seconds": r["seconds"],
+                                  "cpu_s": r.get("cpu_s"), "quicklook_s": r["quicklook_s"]} for r in ranks]
         if not plan.config.keep_h5:
             os.unlink(path)
     return todo, preview

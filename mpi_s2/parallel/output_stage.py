@@ -14,11 +14,15 @@ resume) and a :class:`~mpi_s2.planning.scheduling.WorkPlan`; it never reads the 
 * One rank: the same worker loop and scheduler, with work items and windows handed over directly (no MPI).
 * Outputs whose tiles the workers cannot encode (JPEG, untiled, band-interleaved) travel raw and GDAL's writer
   encodes them on the writer rank (:class:`~mpi_s2.output.gdal_writer.GeoTiffWriter`); such runs keep no journal.
+* ``--quicklook``: a worker that encodes a window adds its quicklook cell sums to the window's message
+  (:data:`~mpi_s2.output.tile_messages.QUICKLOOK_PIECE`); where blocks travel raw, and in a one-rank job, the sums
+  are taken where the block is. The writer only adds them up (:class:`~mpi_s2.output.quicklook.QuicklookSums`);
+  after ``--resume`` it reads the reused windows back from the finished file, one at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -28,10 +32,19 @@ from mpi_s2 import faults
 from mpi_s2.errors import MpiS2Error, OutputError
 from mpi_s2.output.gdal_writer import GeoTiffWriter
 from mpi_s2.output.plan import OutputPlan
-from mpi_s2.output.quicklook import write_quicklook
+from mpi_s2.output.quicklook import QuicklookSums, cell_sums
 from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.output.tile_encoding import WindowEncoder
-from mpi_s2.output.tile_messages import HEADER_BYTES, message_buffer, pack_block, tile_message, unpack_tiles
+from mpi_s2.output.tile_messages import (
+    HEADER_BYTES,
+    QUICKLOOK_PIECE,
+    TileEntry,
+    message_buffer,
+    pack_block,
+    split_quicklook,
+    tile_message,
+    unpack_tiles,
+)
 from mpi_s2.parallel.coarse_strips import encode_strips, encode_strips_here, serve_strips
 from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
@@ -51,7 +64,7 @@ from mpi_s2.parallel.transport import (
 )
 from mpi_s2.planning.scheduling import KIND_STAGE, Done, Scheduler, WorkItem, WorkPlan, table_to_items
 from mpi_s2.planning.stage_plan import StageUnit
-from mpi_s2.report import RankStats
+from mpi_s2.report import QUICKLOOK, RankStats
 from mpi_s2.windows import Window
 from mpi_s2.worker.items import ItemWorker
 
@@ -67,19 +80,43 @@ class BlockSink(Protocol):
     def close(self) -> None: ...
 
 
+def place_raw(writer: GeoTiffWriter, quicklook: QuicklookSums | None, window: Window, block: np.ndarray,
+              stats: RankStats) -> None:
+    """A raw block into GDAL's writer, and its cell sums into the quicklook (taken here: the block is here)."""
+    with stats.timer("write"):
+        writer.write(window, block)
+    if quicklook is not None:
+        with stats.timer(QUICKLOOK):
+            quicklook.add_block(window, block)
+
+
+def place_tiles(assembler: TiffAssembler, quicklook: QuicklookSums | None, index: int,
+                entries: Sequence[TileEntry], stats: RankStats) -> None:
+    """A window's encoded tiles into the assembler, and the cell sums that came with them into the quicklook."""
+    tiles, sums = split_quicklook(entries)
+    if quicklook is not None:
+        if sums is None:
+            raise MpiS2Error(f"writer: window {index} arrived without its quicklook sums")
+        with stats.timer(QUICKLOOK):
+            quicklook.add(assembler.windows[index], sums)
+    with stats.timer("write"):
+        assembler.add(index, tiles)
+
+
 class GdalSink:
     """One-rank job whose tiles GDAL encodes: blocks go straight into GDAL's writer."""
 
-    def __init__(self, out: OutputPlan, writer: GeoTiffWriter, stats: RankStats, progress: Progress):
+    def __init__(self, out: OutputPlan, writer: GeoTiffWriter, stats: RankStats, progress: Progress,
+                 quicklook: QuicklookSums | None = None):
         self.windows, self.writer, self.stats, self.progress = out.windows, writer, stats, progress
+        self.quicklook = quicklook
         self.done = 0
 
     def acquire(self, slot: int) -> None:
         pass
 
     def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
-        with self.stats.timer("write"):
-            self.writer.write(self.windows[index], block)
+        place_raw(self.writer, self.quicklook, self.windows[index], block, self.stats)
         self.done += 1
         self.progress.update(self.done)
 
@@ -90,16 +127,16 @@ class GdalSink:
 class AssemblerSink:
     """One-rank job: encoded windows go straight into the assembler."""
 
-    def __init__(self, assembler: TiffAssembler, stats: RankStats, progress: Progress):
-        self.assembler, self.stats, self.progress = assembler, stats, progress
+    def __init__(self, assembler: TiffAssembler, stats: RankStats, progress: Progress,
+                 quicklook: QuicklookSums | None = None):
+        self.assembler, self.stats, self.progress, self.quicklook = assembler, stats, progress, quicklook
         self.done = 0
 
     def acquire(self, slot: int) -> None:
         pass
 
     def deliver(self, slot: int, message: np.ndarray, index: int, block: np.ndarray) -> None:
-        with self.stats.timer("write"):
-            self.assembler.add(index, unpack_tiles(message[HEADER_BYTES:]))
+        place_tiles(self.assembler, self.quicklook, index, unpack_tiles(message[HEADER_BYTES:]), self.stats)
         self.done += 1
         self.progress.update(self.done)
 
@@ -178,12 +215,14 @@ def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed
     """Do batches of work until told to stop: stage units are decoded and copied, windows filled and sent.
 
     The next batch is asked for as the last item of the current one starts; staging units are reported done
-    only once their copies are closed (visible to every rank). Buffers are allocated once.
+    only once their copies are closed (visible to every rank). Buffers are allocated once. A window whose tiles
+    are encoded here carries its quicklook cell sums too (first, so that they stay 8-byte aligned).
     """
     bands_out = out.band_count
     buffers = [message_buffer(bands_out, out.max_pixels) for _ in range(SLOTS)]
     messages: list[np.ndarray | None] = [None] * SLOTS  # encoded tiles in flight
     encoder = window_encoder(out) if encode_tiles and out.resumable else None
+    factor = out.quicklook_factor
     sent = 0
     batch = first
 
@@ -200,8 +239,12 @@ def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed
             block = pack_block(buffers[slot], item.index, bands_out, what.shape)
             worker.fill(what, block)
             if encoder is not None:
+                sums: list[TileEntry] = []
+                if factor:
+                    with stats.timer(QUICKLOOK):
+                        sums = [(0, QUICKLOOK_PIECE, cell_sums(block, what, factor))]
                 with stats.timer("encode"):
-                    messages[slot] = tile_message(item.index, encoder.encode(what, block))
+                    messages[slot] = tile_message(item.index, sums + encoder.encode(what, block))
                 sink.deliver(slot, messages[slot], item.index, block)  # type: ignore[arg-type]
             else:
                 sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
@@ -283,14 +326,15 @@ def _finish(assembler: TiffAssembler, stats: RankStats) -> None:
 
 
 def run_writer(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Scheduler, stats: RankStats,
-               progress: Progress, assembler: TiffAssembler | None, expected: int) -> None:
+               progress: Progress, assembler: TiffAssembler | None, expected: int,
+               quicklook: QuicklookSums | None = None) -> None:
     """Receive the ``expected`` windows the workers send and write the file: place the tiles they encoded
-    (``assembler``), or encode here with GDAL's writer; commit the file at the end."""
+    (``assembler``), or encode here with GDAL's writer; commit the file at the end. The windows' quicklook sums
+    go into ``quicklook``."""
     messages = receive_windows(comm, out, work, scheduler, stats, progress, expected)
     if assembler is not None:
         for count, (index, message) in enumerate(messages, start=1):
-            with stats.timer("write"):
-                assembler.add(index, unpack_tiles(message[HEADER_BYTES:]))
+            place_tiles(assembler, quicklook, index, unpack_tiles(message[HEADER_BYTES:]), stats)
             faults.window_done(comm.rank, count)
         if out.cog:
             serve_strips(comm, assembler, Roles(comm.rank, comm.size).worker_ranks, stats)
@@ -300,8 +344,7 @@ def run_writer(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Sched
     try:
         for index, message in messages:
             window = out.windows[index]
-            with stats.timer("write"):
-                writer.write(window, pack_block(message, index, out.band_count, window.shape))
+            place_raw(writer, quicklook, window, pack_block(message, index, out.band_count, window.shape), stats)
         with stats.timer("write"):
             writer.commit()
     except BaseException:
@@ -310,18 +353,18 @@ def run_writer(comm: MPI.Comm, out: OutputPlan, work: WorkPlan, scheduler: Sched
 
 
 def run_serial(out: OutputPlan, work: WorkPlan, worker: ItemWorker, stats: RankStats, progress: Progress,
-               assembler: TiffAssembler | None, todo: list[int]) -> None:
+               assembler: TiffAssembler | None, todo: list[int], quicklook: QuicklookSums | None = None) -> None:
     """One process holds every role: the same scheduler and worker loop, without messages."""
     feed = LocalFeed(work, work.scheduler((0,), todo), progress)
     if assembler is not None:
-        run_worker(out, worker, feed.first(), feed, AssemblerSink(assembler, stats, progress), stats,
+        run_worker(out, worker, feed.first(), feed, AssemblerSink(assembler, stats, progress, quicklook), stats,
                    encode_tiles=True)
         encode_strips_here(assembler, window_encoder(out), stats)
         _finish(assembler, stats)
         return
     writer = GeoTiffWriter(out.spec)
     try:
-        run_worker(out, worker, feed.first(), feed, GdalSink(out, writer, stats, progress), stats)
+        run_worker(out, worker, feed.first(), feed, GdalSink(out, writer, stats, progress, quicklook), stats)
         with stats.timer("write"):
             writer.commit()
     except BaseException:
@@ -333,13 +376,15 @@ def write_output(comm: MPI.Comm, roles: Roles, out: OutputPlan, work: WorkPlan, 
                  stats: RankStats, progress: Progress, assembler: TiffAssembler | None,
                  todo: list[int]) -> tuple[int, int] | None:
     """Write ``out``: windows ``todo`` are scheduled by rank 0, filled by ``worker`` (on worker ranks), encoded
-    by the workers and placed by the writer rank (``assembler``, or GDAL's writer); then the quicklook.
+    by the workers and placed by the writer rank (``assembler``, or GDAL's writer); then the quicklook, from the
+    cell sums that came with the windows (and, for windows not in ``todo``, a resumed run's, read back).
 
     Returns the quicklook's (width, height) on the writer rank when one was asked for, else None.
     """
+    quicklook = QuicklookSums(*out.spec.grid.size, out.quicklook_size) if roles.is_writer and out.quicklook else None
     if roles.serial:
         assert worker is not None
-        run_serial(out, work, worker, stats, progress, assembler, todo)
+        run_serial(out, work, worker, stats, progress, assembler, todo, quicklook)
     else:
         scheduler = work.scheduler(roles.worker_ranks, todo) if roles.is_planner else None
         first = scheduler.first_batches() if scheduler else {}
@@ -347,14 +392,17 @@ def write_output(comm: MPI.Comm, roles: Roles, out: OutputPlan, work: WorkPlan, 
                                {r: work.table(b) for r, b in first.items()} if scheduler else None)
         if roles.is_writer:
             assert scheduler is not None
-            run_writer(comm, out, work, scheduler, stats, progress, assembler, len(todo))
+            run_writer(comm, out, work, scheduler, stats, progress, assembler, len(todo), quicklook)
         else:
             assert worker is not None
             run_worker(out, worker, table_to_items(mine), MpiFeed(comm), BlockSender(comm, WRITER_RANK), stats,
                        encode_tiles=True)
             if out.cog:
                 encode_strips(comm, window_encoder(out), stats)
-    if roles.is_writer and out.quicklook:
-        with stats.timer("write"):
-            return write_quicklook(out.path, out.quicklook, out.quicklook_size)
-    return None
+    if quicklook is None:
+        return None
+    assert out.quicklook
+    computed = set(todo)
+    with stats.timer(QUICKLOOK):
+        quicklook.add_file_windows(out.path, [w for i, w in enumerate(out.windows) if i not in computed])
+        return quicklook.write(out.quicklook)
