@@ -220,7 +220,7 @@ def mosaic_case(directory: str, size: int, ranks: int, codec: str = "zstd", cog:
 
 DEFAULT_CASES = ("gtiff", "gtiff:deflate", "jp2:zstd", "jp2:deflate", "gtiff+hdf5", "jp2:zstd+hdf5",
                  "mosaic:zstd", "jp2:zstd+quicklook")
-#: --quicklook: the run with it at most this multiple of the same run without it (issue 15).
+#: --quicklook: the run with it at most this multiple of the same run without it.
 QUICKLOOK_TARGET = 1.02
 #: The output stage's saturation point wanted with JPEG 2000 input and DEFLATE output.
 N_STAR_TARGET = 64
