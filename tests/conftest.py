@@ -96,6 +96,29 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(f"  skipped {skip}", red=True)
 
 
+# ------------------------------------------------------------------------------------- world size checked
+def pytest_configure(config) -> None:
+    """An in-process MPI session (``--with-mpi``) stops at once, with one line, when the world is not the size
+    the launcher was asked for: ``MPI_S2_TEST_RANKS`` (set by ``make test-mpi``), else mpirun's own
+    ``OMPI_COMM_WORLD_SIZE``. Singletons (mpi4py built against another MPI) would otherwise skip every test."""
+    if not (config.getoption("with_mpi", default=False) or config.getoption("only_mpi", default=False)):
+        return
+    asked = os.environ.get("MPI_S2_TEST_RANKS") or os.environ.get("OMPI_COMM_WORLD_SIZE")
+    if not asked:
+        return
+    if not asked.isdigit():
+        raise pytest.UsageError(f"mpi_s2 tests: MPI_S2_TEST_RANKS={asked!r} is not a rank count")
+    from mpi4py import MPI
+
+    size = MPI.COMM_WORLD.size
+    if size != int(asked):
+        raise pytest.UsageError(
+            f"mpi_s2 tests: the MPI world has {size} rank(s) but {asked} were asked for "
+            f"(MPI_S2_TEST_RANKS={os.environ.get('MPI_S2_TEST_RANKS', '')}, "
+            f"OMPI_COMM_WORLD_SIZE={os.environ.get('OMPI_COMM_WORLD_SIZE', '')}): is mpi4py built against this "
+            f"mpirun's MPI?")
+
+
 def clean_env() -> dict[str, str]:
     """The environment without the variables of an enclosing MPI or Slurm launch."""
     return {k: v for k, v in os.environ.items()

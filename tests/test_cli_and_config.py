@@ -1,5 +1,5 @@
-"""Option parsing, configuration building, output profiles, the launch check, and the test suite's own net: one
-rule for skips (pytest run in a subprocess)."""
+"""Option parsing, configuration building, output profiles, the launch check, and the test suite's own nets: one
+rule for skips and the in-process MPI session's world size (pytest run in a subprocess)."""
 
 import os
 import subprocess
@@ -14,7 +14,7 @@ from mpi_s2.inputs.cloudmask import parse_mask_classes
 from mpi_s2.output.profiles import creation_options, parse_creation_option
 from mpi_s2.parallel.runtime import check_launch
 
-from conftest import PYTHON, clean_env
+from conftest import MPIRUN, PYTHON, clean_env, error_lines
 
 BANDS = ["--red", "r.tif", "--green", "g.tif", "--blue", "b.tif", "-o", "out.tif"]
 
@@ -120,6 +120,36 @@ def test_launch_check_detects_srun_singletons():
     check_launch(1, {})  # plain process
 
 
+def test_launch_check_detects_mpirun_singletons():
+    """mpirun of one MPI starting a Python whose mpi4py uses another: every process is a world of one."""
+    with pytest.raises(LaunchError) as caught:
+        check_launch(1, {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "0"})
+    message = str(caught.value)
+    assert caught.value.exit_code == 2 and "\n" not in message
+    assert message.startswith("mpirun started 3 processes but MPI sees a world of 1 rank(s)")
+    assert "the mpirun of the MPI mpi4py was built with" in message
+    with pytest.raises(LaunchError, match="mpirun started 2 processes but MPI sees a world of 4 rank"):
+        check_launch(4, {"OMPI_COMM_WORLD_SIZE": "2"})
+    with pytest.raises(LaunchError, match="mpirun started 4 processes"):  # mpirun inside a Slurm job
+        check_launch(1, {"OMPI_COMM_WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"})
+    check_launch(3, {"OMPI_COMM_WORLD_SIZE": "3"})
+    check_launch(1, {"OMPI_COMM_WORLD_SIZE": "1"})
+
+
+def test_a_process_that_mpirun_counted_but_mpi_did_not_stops_with_one_line(tmp_path):
+    """The real check in ``run_job``: a process told by (fake) mpirun variables that it is one of 2 initialises MPI
+    alone (a singleton): exit 2, one line from rank 0, before any input is opened (the inputs do not exist)."""
+    out = tmp_path / "out.tif"
+    env = {**clean_env(), "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
+    result = subprocess.run([PYTHON, "-m", "mpi_s2", "compose", "--red", "r.tif", "--green", "g.tif", "--blue",
+                             "b.tif", "-o", str(out), "-q"], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("mpi_s2: error: mpirun started 2 processes but MPI sees a world of 1 rank(s)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- the test suite's own nets
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -180,6 +210,23 @@ def test_any_skip_fails_the_session_and_mpi_tests_outside_with_mpi_are_deselecte
     assert "1 skipped, 2 deselected" in world_of_one.stdout, world_of_one.stdout
     assert ("  skipped test_generated.py::test_needs_two_ranks: Test requires 2 MPI processes, only 1 MPI processes"
             in world_of_one.stdout), world_of_one.stdout
+
+
+def test_mpi_session_stops_at_once_when_the_world_is_not_the_size_asked_for():
+    """``make test-mpi``'s command with a world of 2 where 3 were asked for, and a singleton that mpirun's own
+    variables say is one of 2: pytest ends before collecting, non-zero, with one line."""
+    command = ("--with-mpi", "-m", "mpi", "-q", "tests")
+    wrong = run_pytest(*command, env={"MPI_S2_TEST_RANKS": "3"}, launcher=[*MPIRUN, "-n", "2"])
+    assert wrong.returncode != 0, wrong.stdout + wrong.stderr
+    line = "ERROR: mpi_s2 tests: the MPI world has 2 rank(s) but 3 were asked for"
+    assert [x for x in (wrong.stdout + wrong.stderr).splitlines() if x.startswith(line)] != [], wrong.stderr
+    assert " passed" not in wrong.stdout
+    singleton = run_pytest(*command, env={"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"})
+    assert singleton.returncode == 4, singleton.stdout + singleton.stderr
+    assert singleton.stderr.strip().startswith("ERROR: mpi_s2 tests: the MPI world has 1 rank(s) but 2 were asked "
+                                               "for"), singleton.stderr
+    right = run_pytest("--co", *command, env={"MPI_S2_TEST_RANKS": "2"}, launcher=[*MPIRUN, "-n", "2"])
+    assert right.returncode == 0 and "mpi_s2 tests: 0 skipped" in right.stdout, right.stdout + right.stderr
 
 
 def test_plural():
