@@ -112,11 +112,11 @@ def pytest_configure(config) -> None:
 
     size = MPI.COMM_WORLD.size
     if size != int(asked):
+        told = ", ".join(f"{k}={os.environ[k]}" for k in ("MPI_S2_TEST_RANKS", "OMPI_COMM_WORLD_SIZE")
+                         if k in os.environ)
         raise pytest.UsageError(
-            f"mpi_s2 tests: the MPI world has {size} rank(s) but {asked} were asked for "
-            f"(MPI_S2_TEST_RANKS={os.environ.get('MPI_S2_TEST_RANKS', '')}, "
-            f"OMPI_COMM_WORLD_SIZE={os.environ.get('OMPI_COMM_WORLD_SIZE', '')}): is mpi4py built against this "
-            f"mpirun's MPI?")
+            f"mpi_s2 tests: the MPI world has {size} rank(s) but {asked} were asked for ({told}): launch with "
+            f"mpirun -n {asked}, the mpirun of the MPI mpi4py was built with")
 
 
 def clean_env() -> dict[str, str]:
