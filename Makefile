@@ -83,8 +83,10 @@ demo: venv
 	@echo "GeoTIFF: $(abspath $(DEMO_DIR))/rgb.tif   (run report: $(abspath $(DEMO_DIR))/run.json)"
 	@echo "quicklook: $(abspath $(DEMO_DIR))/rgb.png"
 
-# Checked habits first (ruff, mypy: a finding fails), then in-process MPI tests on 2 and 3 ranks (pytest-mpi),
-# then unit and process tests (these launch mpirun).
+# Checked habits first (ruff, mypy: a finding fails), then in-process MPI tests on 2 and 3 ranks (pytest-mpi; the
+# session stops at once if the world is not MPI_S2_TEST_RANKS), then unit and process tests (these launch mpirun).
+# A skipped test fails the run (tests/conftest.py); MPI_S2_ALLOW_SKIPS=1 is for pytest by hand, never for make.
+unexport MPI_S2_ALLOW_SKIPS
 test: venv lint test-mpi test-unit
 
 lint: venv
@@ -100,7 +102,7 @@ test-slow: venv
 
 test-mpi:
 	for n in 2 3; do \
-	  timeout $(MPI_TEST_TIMEOUT) $(MPIRUN) -n $$n $(PY) -m pytest --color=no --with-mpi -m mpi -q -p no:cacheprovider tests || exit 1; \
+	  MPI_S2_TEST_RANKS=$$n timeout $(MPI_TEST_TIMEOUT) $(MPIRUN) -n $$n $(PY) -m pytest --color=no --with-mpi -m mpi -q -p no:cacheprovider tests || exit 1; \
 	done
 
 # The README's set-up on a fresh Debian 12 (a debootstrap root built once under FRESH_DIR, then reused).

@@ -24,6 +24,101 @@ MPIRUN = [shutil.which("mpirun") or "mpirun", "--allow-run-as-root", "--oversubs
 SCENE_WIDTH, SCENE_HEIGHT, SCENE_BLOCK = 1300, 1100, 256
 
 
+#: The project's real Sentinel-2 files: ``MPI_S2_REAL_DATA``, default ``shared/data/s2-real`` beside the checkout.
+REAL_DATA = Path(os.environ.get("MPI_S2_REAL_DATA",
+                                Path(__file__).resolve().parents[2] / "shared" / "data" / "s2-real"))
+
+# ---------------------------------------------------------------------------------------- one rule for skips
+# A test that needs root, Slurm, real data or disk space FAILS when it is missing: `make test`, `make test-fresh`
+# and CI never skip. A developer running pytest by hand may opt out with MPI_S2_ALLOW_SKIPS=1 (exactly "1"); the
+# skip then says how to get the missing piece. Any skip that happens anyway (pytest-mpi's `mpi(min_size=N)` on too
+# small a world, a bare pytest.skip) fails the session at its end unless skips are allowed.
+ALLOW_SKIPS = "MPI_S2_ALLOW_SKIPS"
+
+
+def skips_allowed() -> bool:
+    return os.environ.get(ALLOW_SKIPS) == "1"
+
+
+def require(condition: bool, what: str, how: str) -> None:
+    """Fail the test with one line unless ``condition`` holds (``what`` is missing, ``how`` says how to get it);
+    with ``MPI_S2_ALLOW_SKIPS=1`` skip it instead."""
+    if condition:
+        return
+    if skips_allowed():
+        pytest.skip(f"needs {what}: {how}")
+    pytest.fail(f"needs {what}: {how} (a developer may skip it instead with {ALLOW_SKIPS}=1)", pytrace=False)
+
+
+_skips: list[str] = []
+
+
+def _skip_reason(longrepr) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr).strip().splitlines()[-1] if longrepr else ""
+
+
+def pytest_runtest_logreport(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skips.append(f"{report.nodeid}: {_skip_reason(report.longrepr)}")
+
+
+def pytest_collectreport(report) -> None:
+    if report.skipped:
+        _skips.append(f"{report.nodeid or 'collection'}: {_skip_reason(report.longrepr)}")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Outside ``--with-mpi`` the in-process MPI tests are deselected, not skipped (pytest-mpi would skip them)."""
+    if config.getoption("with_mpi", default=False) or config.getoption("only_mpi", default=False):
+        return
+    mpi = [item for item in items if item.get_closest_marker("mpi")]
+    if mpi:
+        config.hook.pytest_deselected(items=mpi)
+        items[:] = [item for item in items if not item.get_closest_marker("mpi")]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _skips and not skips_allowed() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _skips:
+        terminalreporter.write_line("mpi_s2 tests: 0 skipped")
+    elif skips_allowed():
+        terminalreporter.write_line(f"mpi_s2 tests: {len(_skips)} skipped (allowed by {ALLOW_SKIPS}=1)")
+    else:
+        terminalreporter.write_line(f"mpi_s2 tests: FAILED: {len(_skips)} skipped; a skip fails this run unless "
+                                    f"{ALLOW_SKIPS}=1 (by hand only, never make test or CI):", red=True)
+        for skip in _skips:
+            terminalreporter.write_line(f"  skipped {skip}", red=True)
+
+
+# ------------------------------------------------------------------------------------- world size checked
+def pytest_configure(config) -> None:
+    """An in-process MPI session (``--with-mpi``) stops at once, with one line, when the world is not the size
+    the launcher was asked for: ``MPI_S2_TEST_RANKS`` (set by ``make test-mpi``), else mpirun's own
+    ``OMPI_COMM_WORLD_SIZE``. Singletons (mpi4py built against another MPI) would otherwise skip every test."""
+    if not (config.getoption("with_mpi", default=False) or config.getoption("only_mpi", default=False)):
+        return
+    asked = os.environ.get("MPI_S2_TEST_RANKS") or os.environ.get("OMPI_COMM_WORLD_SIZE")
+    if not asked:
+        return
+    if not asked.isdigit():
+        raise pytest.UsageError(f"mpi_s2 tests: MPI_S2_TEST_RANKS={asked!r} is not a rank count")
+    from mpi4py import MPI
+
+    size = MPI.COMM_WORLD.size
+    if size != int(asked):
+        told = ", ".join(f"{k}={os.environ[k]}" for k in ("MPI_S2_TEST_RANKS", "OMPI_COMM_WORLD_SIZE")
+                         if k in os.environ)
+        raise pytest.UsageError(
+            f"mpi_s2 tests: the MPI world has {size} rank(s) but {asked} were asked for ({told}): launch with "
+            f"mpirun -n {asked}, the mpirun of the MPI mpi4py was built with")
+
+
 def clean_env() -> dict[str, str]:
     """The environment without the variables of an enclosing MPI or Slurm launch."""
     return {k: v for k, v in os.environ.items()

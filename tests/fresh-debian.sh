@@ -6,7 +6,8 @@
 #   1. as a non-root user with no packages: `make demo` must stop with one line naming the apt-get command;
 #      root runs exactly that command, and the user's `make demo` then passes;
 #   2. as root, in another fresh copy, on a clean clone of HEAD with ../shared beside it: `make demo`, then
-#      `make test`.
+#      `make test`, told where the real data lies (MPI_S2_REAL_DATA). Nothing may skip there: a skip fails the
+#      run (tests/conftest.py), MPI_S2_ALLOW_SKIPS is never set, and every pytest session must say "0 skipped".
 # Each step prints its exit code and duration; a failure shows the tail of its log and fails the target.
 # Mounts are always removed, on success, failure or interruption; those of an earlier run killed before its own
 # cleanup are removed before the first step. The Debian mirror is the one this machine's
@@ -186,7 +187,20 @@ fi
 # 2. Root on a fresh machine: the README's two commands.
 new_root
 step "make-demo" 0 root make demo || true
-step "make-test" 0 root make test || true
+if step "make-test" 0 root MPI_S2_REAL_DATA=/work/shared/data/s2-real make test; then
+  # every pytest session of make test (each rank of test-mpi, then test-unit) prints "mpi_s2 tests: 0 skipped";
+  # matches, not lines: the ranks' output may share a line
+  counts=$(grep -aoE 'mpi_s2 tests: [0-9]+ skipped|[0-9]+ skipped' "$LOGS/make-test.log" || true)
+  zero=$(grep -cx 'mpi_s2 tests: 0 skipped' <<<"$counts" || true)
+  others=$(grep -vx 'mpi_s2 tests: 0 skipped' <<<"$counts" || true)
+  if [ "$zero" = 0 ] || [ -n "$others" ]; then
+    say "FAILED: make test must report 0 skipped in every pytest session; found $zero such lines, and:"
+    printf '%s\n' "$others"
+    FAILED=1
+  else
+    say "make test: 0 skipped in each of its $zero pytest summaries"
+  fi
+fi
 
 say "total $((SECONDS - T_ALL)) s"
 [ $FAILED = 0 ] || die "a step failed (logs in $LOGS)"

@@ -1,4 +1,9 @@
-"""Option parsing, configuration building, output profiles and the launch check (no MPI needed)."""
+"""Option parsing, configuration building, output profiles, the launch check, and the test suite's own nets: one
+rule for skips and the in-process MPI session's world size (pytest run in a subprocess)."""
+
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +13,8 @@ from mpi_s2.errors import InputError, LaunchError
 from mpi_s2.inputs.cloudmask import parse_mask_classes
 from mpi_s2.output.profiles import creation_options, parse_creation_option
 from mpi_s2.parallel.runtime import check_launch
+
+from conftest import MPIRUN, PYTHON, clean_env, error_lines
 
 BANDS = ["--red", "r.tif", "--green", "g.tif", "--blue", "b.tif", "-o", "out.tif"]
 
@@ -112,6 +119,117 @@ def test_launch_check_detects_srun_singletons():
     check_launch(2, {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "OMPI_COMM_WORLD_SIZE": "2"})  # mpirun
     check_launch(1, {})  # plain process
 
+
+def test_launch_check_detects_mpirun_singletons():
+    """mpirun of one MPI starting a Python whose mpi4py uses another: every process is a world of one."""
+    with pytest.raises(LaunchError) as caught:
+        check_launch(1, {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "0"})
+    message = str(caught.value)
+    assert caught.value.exit_code == 2 and "\n" not in message
+    assert message.startswith("mpirun started 3 processes but MPI sees a world of 1 rank(s)")
+    assert "the mpirun of the MPI mpi4py was built with" in message
+    with pytest.raises(LaunchError, match="mpirun started 2 processes but MPI sees a world of 4 rank"):
+        check_launch(4, {"OMPI_COMM_WORLD_SIZE": "2"})
+    with pytest.raises(LaunchError, match="mpirun started 4 processes"):  # mpirun inside a Slurm job
+        check_launch(1, {"OMPI_COMM_WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"})
+    check_launch(3, {"OMPI_COMM_WORLD_SIZE": "3"})
+    check_launch(1, {"OMPI_COMM_WORLD_SIZE": "1"})
+
+
+def test_a_process_that_mpirun_counted_but_mpi_did_not_stops_with_one_line(tmp_path):
+    """The real check in ``run_job``: a process told by (fake) mpirun variables that it is one of 2 initialises MPI
+    alone (a singleton): exit 2, one line from rank 0, before any input is opened (the inputs do not exist)."""
+    out = tmp_path / "out.tif"
+    env = {**clean_env(), "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}
+    result = subprocess.run([PYTHON, "-m", "mpi_s2", "compose", "--red", "r.tif", "--green", "g.tif", "--blue",
+                             "b.tif", "-o", str(out), "-q"], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("mpi_s2: error: mpirun started 2 processes but MPI sees a world of 1 rank(s)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- the test suite's own nets
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+NET_VARIABLES = ("MPI_S2_ALLOW_SKIPS", "MPI_S2_TEST_RANKS", "MPI_S2_REAL_DATA", "CI")
+
+
+def run_pytest(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None,
+               launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m pytest ARGS`` in a subprocess with tests/conftest.py importable, none of the nets' variables
+    inherited (``env``: those the test sets)."""
+    environ = {k: v for k, v in clean_env().items() if k not in NET_VARIABLES}
+    environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS)])
+    return subprocess.run([*(launcher or []), PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "--color=no", "-ra",
+                           *args], cwd=cwd, capture_output=True, text=True, timeout=300, env={**environ, **(env or {})})
+
+
+def test_missing_real_data_fails_the_test_unless_a_developer_allows_skips(tmp_path):
+    """Hole 3 and the skip rule: test_metadata's shared-file check with the data missing fails with one line;
+    only MPI_S2_ALLOW_SKIPS=1 (not CI=false, not =true) turns that into a skip saying how to get the data."""
+    missing = tmp_path / "no-data"
+    test = "tests/test_metadata.py::test_shipped_copies_equal_the_shared_files"
+    expected = f"needs the real product metadata {missing}/l2a-metadata/MTD_MSIL2A.xml: put the project's shared/"
+    for extra in ({}, {"CI": "false"}, {"MPI_S2_ALLOW_SKIPS": "true"}, {"MPI_S2_ALLOW_SKIPS": "0"}):
+        result = run_pytest(test, env={"MPI_S2_REAL_DATA": str(missing), **extra})
+        assert result.returncode == 1, (extra, result.stdout)
+        assert expected in result.stdout and "1 failed" in result.stdout and "1 skipped" not in result.stdout, (
+            extra, result.stdout)
+        assert "mpi_s2 tests: 0 skipped" in result.stdout
+    allowed = run_pytest(test, env={"MPI_S2_REAL_DATA": str(missing), "MPI_S2_ALLOW_SKIPS": "1"})
+    assert allowed.returncode == 0, allowed.stdout
+    assert "1 skipped" in allowed.stdout and "set MPI_S2_REAL_DATA=DIR" in allowed.stdout
+    assert "mpi_s2 tests: 1 skipped (allowed by MPI_S2_ALLOW_SKIPS=1)" in allowed.stdout
+    present = run_pytest(test)  # the default place (shared/ beside the checkout): the test passes
+    assert present.returncode == 0 and "1 passed" in present.stdout, present.stdout
+
+
+def test_any_skip_fails_the_session_and_mpi_tests_outside_with_mpi_are_deselected(tmp_path):
+    """A bare pytest.skip, or pytest-mpi skipping an ``mpi(min_size=2)`` test on a world of one, fails the whole
+    session with the skips listed; ``mpi`` tests outside ``--with-mpi`` are deselected, which is not a skip."""
+    (tmp_path / "test_generated.py").write_text(
+        "import pytest\n\n"
+        "def test_plain():\n    pass\n\n"
+        "def test_bare_skip():\n    pytest.skip('no reason at all')\n\n"
+        "@pytest.mark.mpi(min_size=2)\ndef test_needs_two_ranks():\n    pass\n")
+    plain = run_pytest("-p", "conftest", "test_generated.py", cwd=tmp_path)
+    assert plain.returncode == 1, plain.stdout
+    assert "1 passed, 1 skipped, 1 deselected" in plain.stdout, plain.stdout
+    assert "mpi_s2 tests: FAILED: 1 skipped; a skip fails this run unless MPI_S2_ALLOW_SKIPS=1" in plain.stdout
+    assert "  skipped test_generated.py::test_bare_skip: no reason at all" in plain.stdout
+    allowed = run_pytest("-p", "conftest", "test_generated.py", cwd=tmp_path, env={"MPI_S2_ALLOW_SKIPS": "1"})
+    assert allowed.returncode == 0 and "mpi_s2 tests: 1 skipped (allowed" in allowed.stdout, allowed.stdout
+    only_plain = run_pytest("-p", "conftest", "test_generated.py::test_plain",
+                            "test_generated.py::test_needs_two_ranks", cwd=tmp_path)
+    assert only_plain.returncode == 0, only_plain.stdout
+    assert "1 passed, 1 deselected" in only_plain.stdout and "mpi_s2 tests: 0 skipped" in only_plain.stdout
+    world_of_one = run_pytest("-p", "conftest", "--with-mpi", "-m", "mpi", "test_generated.py", cwd=tmp_path)
+    assert world_of_one.returncode == 1, world_of_one.stdout
+    assert "1 skipped, 2 deselected" in world_of_one.stdout, world_of_one.stdout
+    assert ("  skipped test_generated.py::test_needs_two_ranks: Test requires 2 MPI processes, only 1 MPI processes"
+            in world_of_one.stdout), world_of_one.stdout
+
+
+def test_mpi_session_stops_at_once_when_the_world_is_not_the_size_asked_for():
+    """``make test-mpi``'s command with a world of 2 where 3 were asked for, and a singleton that mpirun's own
+    variables say is one of 2: pytest ends before collecting, exit 4, with one line (on each rank)."""
+    command = ("--with-mpi", "-m", "mpi", "-q", "tests")
+    wrong = run_pytest(*command, env={"MPI_S2_TEST_RANKS": "3"}, launcher=[*MPIRUN, "-n", "2"])
+    assert wrong.returncode == 4, wrong.stdout + wrong.stderr  # pytest's usage error, passed on by mpirun
+    line = ("ERROR: mpi_s2 tests: the MPI world has 2 rank(s) but 3 were asked for (MPI_S2_TEST_RANKS=3, "
+            "OMPI_COMM_WORLD_SIZE=2): launch with mpirun -n 3, the mpirun of the MPI mpi4py was built with")
+    errors = [x for x in (wrong.stdout + wrong.stderr).splitlines() if x.startswith("ERROR")]
+    assert errors == [line, line], wrong.stdout + wrong.stderr
+    assert " passed" not in wrong.stdout
+    singleton = run_pytest(*command, env={"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"})
+    assert singleton.returncode == 4, singleton.stdout + singleton.stderr
+    assert singleton.stderr.strip() == ("ERROR: mpi_s2 tests: the MPI world has 1 rank(s) but 2 were asked for "
+                                        "(OMPI_COMM_WORLD_SIZE=2): launch with mpirun -n 2, the mpirun of the MPI "
+                                        "mpi4py was built with"), singleton.stderr
+    right = run_pytest("--co", *command, env={"MPI_S2_TEST_RANKS": "2"}, launcher=[*MPIRUN, "-n", "2"])
+    assert right.returncode == 0 and "mpi_s2 tests: 0 skipped" in right.stdout, right.stdout + right.stderr
 
 def test_plural():
     from mpi_s2.text import plural

@@ -1,4 +1,5 @@
-"""Parsing real product metadata (../shared/data/s2-real) and edge cases."""
+"""Parsing real product metadata (copies in tests/data of ../shared/data/s2-real, or MPI_S2_REAL_DATA) and edge
+cases."""
 
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import pytest
 from mpi_s2.errors import InputError
 from mpi_s2.inputs.metadata import BandRadiometry, parse_metadata
 
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "s2-real"
+from conftest import REAL_DATA, require
+
 DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -34,9 +36,10 @@ def test_real_l1c_baseline_04_has_radio_add_offset():
 
 def test_shipped_copies_equal_the_shared_files():
     for name, folder in (("MTD_MSIL2A.xml", "l2a-metadata"), ("MTD_MSIL1C.xml", "l1c-metadata")):
-        shared = REAL / folder / name
-        if shared.exists():
-            assert (DATA / name).read_bytes() == shared.read_bytes()
+        shared = REAL_DATA / folder / name
+        require(shared.is_file(), f"the real product metadata {shared}",
+                "put the project's shared/ beside the checkout, or set MPI_S2_REAL_DATA=DIR")
+        assert (DATA / name).read_bytes() == shared.read_bytes()
 
 
 def test_old_baseline_without_offset_elements_means_offset_zero():

@@ -16,7 +16,7 @@ from osgeo import gdal
 
 from mpi_s2.tools.synth import ProductOptions, synthesize_product
 
-from conftest import compose_args, error_lines, gdal_translate_reference, read_array, run_mpi_s2
+from conftest import compose_args, error_lines, gdal_translate_reference, read_array, require, run_mpi_s2
 
 MASKED = (3, 8, 9, 10)
 REAL = Path(os.environ.get("MPI_S2_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "s2-real"))
@@ -217,10 +217,8 @@ def test_corrupt_jpeg2000_on_a_worker_aborts_the_job(l2a, tmp_path):
 
 @pytest.fixture(scope="module")
 def real() -> Path:
-    if not REAL.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"real Sentinel-2 test data not found at {REAL}")
-        pytest.skip(f"real Sentinel-2 test data not found at {REAL} (set MPI_S2_REAL_DATA)")
+    require(REAL.is_dir(), f"the real Sentinel-2 test data at {REAL}",
+            "put the project's shared/ beside the checkout, or set MPI_S2_REAL_DATA=DIR")
     return REAL
 
 

@@ -68,8 +68,19 @@ def _say(line: str) -> None:
 
 
 def check_launch(comm_size: int, environ: dict[str, str] | os._Environ = os.environ) -> None:
-    """Detect srun starting N singletons (no PMIx): every rank then sees a world of size 1."""
-    if "OMPI_COMM_WORLD_SIZE" in environ:  # started by mpirun: the world is what it says
+    """Detect a launcher starting N singletons: every rank then sees a world of size 1 (srun without PMIx, or an
+    mpirun of another MPI than the one mpi4py was built with)."""
+    if "OMPI_COMM_WORLD_SIZE" in environ:  # started by Open MPI's mpirun: the world must be what it says
+        try:
+            started = int(environ["OMPI_COMM_WORLD_SIZE"])
+        except ValueError:
+            return
+        if started != comm_size:
+            raise LaunchError(
+                f"mpirun started {started} processes but MPI sees a world of {comm_size} rank(s): mpi4py's MPI "
+                f"library is not the one of this mpirun; use the mpirun of the MPI mpi4py was built with "
+                f"(python -c 'import mpi4py; print(mpi4py.get_config())')"
+            )
         return
     if "SLURM_PROCID" not in environ or "SLURM_STEP_NUM_TASKS" not in environ:
         return
