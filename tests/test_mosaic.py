@@ -57,6 +57,7 @@ def test_same_zone_overlap_first_valid_wins(product_a, tmp_path_factory, tmp_pat
     ds = gdal.Open(str(out))
     assert (ds.RasterXSize, ds.RasterYSize) == (1800, 1200)
     assert ds.GetGeoTransform() == gdal.Open(product_files(product_a)["red"]).GetGeoTransform()
+    assert (ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize) == expected_grid([product_a, b], 32632)
     assert ds.GetSpatialRef().GetAuthorityCode(None) == "32632"
     expected = np.zeros((3, 1200, 1800), dtype=np.uint8)
     alpha = np.zeros((1200, 1800), dtype=np.uint8)
@@ -76,9 +77,48 @@ def test_same_zone_overlap_first_valid_wins(product_a, tmp_path_factory, tmp_pat
     assert [i["placement"]["col_off"] for i in inputs] == [0, 800] and not any(i["reprojected"] for i in inputs)
 
 
-def warped_reference(product: str, out: gdal.Dataset, srs: str, tmp: Path):
-    """Independent reference: gdalwarp (nearest, exact) of each band onto ``out``'s grid, then gdal_translate."""
-    gt, width, height = out.GetGeoTransform(), out.RasterXSize, out.RasterYSize
+def expected_grid(products: list[str], epsg: int, res: float = 10.0):
+    """The mosaic's grid computed from the inputs' corners (independently of mpi_s2's planner): pixels of ``res``
+    on a lattice anchored at the first input's upper-left corner when it is in ``epsg`` (else at that corner in
+    ``epsg``, snapped outward to multiples of ``res``); the union of every input's bounds in ``epsg`` (an input in
+    another CRS: its densified edges transformed, snapped outward to the lattice). Returns (geotransform, width,
+    height)."""
+    target = osr.SpatialReference()
+    target.ImportFromEPSG(epsg)
+    target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    boxes = []
+    for product in products:
+        ds = gdal.Open(product_files(product)["red"])
+        gt = ds.GetGeoTransform()
+        minx, maxx, maxy = gt[0], gt[0] + gt[1] * ds.RasterXSize, gt[3]
+        miny = gt[3] + gt[5] * ds.RasterYSize
+        src = ds.GetSpatialRef()
+        src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        same = src.IsSame(target)
+        if not same:
+            edge = np.linspace(0.0, 1.0, 101)
+            xs = np.concatenate([minx + edge * (maxx - minx), np.full(101, maxx), maxx - edge * (maxx - minx),
+                                 np.full(101, minx)])
+            ys = np.concatenate([np.full(101, maxy), maxy - edge * (maxy - miny), np.full(101, miny),
+                                 miny + edge * (maxy - miny)])
+            ct = osr.CoordinateTransformation(src, target)
+            pts = np.array([ct.TransformPoint(float(x), float(y))[:2] for x, y in zip(xs, ys, strict=True)])
+            minx, miny, maxx, maxy = pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
+        boxes.append((minx, miny, maxx, maxy, same))
+    first = boxes[0]
+    anchor = (first[0], first[3]) if first[4] else (np.floor(first[0] / res) * res, np.ceil(first[3] / res) * res)
+    cols, rows = [], []
+    for minx, miny, maxx, maxy, _same in boxes:  # outward to the lattice (exact for an input on it)
+        cols += [int(np.floor(round((minx - anchor[0]) / res, 6))), int(np.ceil(round((maxx - anchor[0]) / res, 6)))]
+        rows += [int(np.floor(round((anchor[1] - maxy) / res, 6))), int(np.ceil(round((anchor[1] - miny) / res, 6)))]
+    gt = (anchor[0] + min(cols) * res, res, 0.0, anchor[1] - min(rows) * res, 0.0, -res)
+    return gt, max(cols) - min(cols), max(rows) - min(rows)
+
+
+def warped_reference(product: str, grid, srs: str, tmp: Path):
+    """Independent reference: gdalwarp (nearest, exact) of each band onto ``grid`` ((geotransform, width, height),
+    from :func:`expected_grid`), then gdal_translate."""
+    gt, width, height = grid
     bounds = [str(v) for v in (gt[0], gt[3] - 10.0 * height, gt[0] + 10.0 * width, gt[3])]
     warped = {}
     for key, path in product_files(product).items():
@@ -112,12 +152,15 @@ def test_two_zone_mosaic_reprojects_the_second_zone(product_a, tmp_path_factory,
     ds = gdal.Open(str(out))
     gt = ds.GetGeoTransform()
     assert ds.GetSpatialRef().GetAuthorityCode(None) == "32632" and gt[1] == 10.0 and gt[5] == -10.0
+    grid = expected_grid([product_a, c], 32632)  # the union of A's bounds and C's, from their corners
+    assert (gt, ds.RasterXSize, ds.RasterYSize) == grid
+    assert grid[1] > A_SIZE[0] and grid[2] > A_SIZE[1]  # C really widens the mosaic east and south
     a_gt = gdal.Open(product_files(product_a)["red"]).GetGeoTransform()
     col_a, row_a = (a_gt[0] - gt[0]) / 10.0, (gt[3] - a_gt[3]) / 10.0
     assert col_a == int(col_a) and row_a == int(row_a)  # A stays on its own grid, unresampled
     col_a, row_a = int(col_a), int(row_a)
     width, height = ds.RasterXSize, ds.RasterYSize
-    ref_c, valid_c = warped_reference(c, ds, "EPSG:32632", tmp_path)
+    ref_c, valid_c = warped_reference(c, grid, "EPSG:32632", tmp_path)
     ref_a, valid_a = expected_tile(product_a, tmp_path, False)
     expected = np.zeros((3, height, width), dtype=np.uint8)
     alpha = np.zeros((height, width), dtype=np.uint8)
@@ -152,7 +195,9 @@ def test_crs_option_reprojects_every_input(product_a, tmp_path):
     assert result.returncode == 0, result.stderr
     ds = gdal.Open(str(out))
     assert ds.GetSpatialRef().GetAuthorityCode(None) == "32631" and ds.GetGeoTransform()[1] == 10.0
-    ref, valid = warped_reference(product_a, ds, "EPSG:32631", tmp_path)
+    grid = expected_grid([product_a], 32631)  # A's corners in zone 31, snapped outward to 10 m
+    assert (ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize) == grid
+    ref, valid = warped_reference(product_a, grid, "EPSG:32631", tmp_path)
     rgba = read_array(out)
     assert valid.sum() > 0.8 * A_SIZE[0] * A_SIZE[1]
     assert (rgba[3] == np.where(valid, 255, 0)).all()
