@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, osr
+from references import mosaic_grid
 from test_products import MASKED, product_files, scl_on_10m
 
 from mpi_s2.tools.synth import ORIGIN, ProductOptions, synthesize_product
@@ -78,41 +79,8 @@ def test_same_zone_overlap_first_valid_wins(product_a, tmp_path_factory, tmp_pat
 
 
 def expected_grid(products: list[str], epsg: int, res: float = 10.0):
-    """The mosaic's grid computed from the inputs' corners (independently of mpi_s2's planner): pixels of ``res``
-    on a lattice anchored at the first input's upper-left corner when it is in ``epsg`` (else at that corner in
-    ``epsg``, snapped outward to multiples of ``res``); the union of every input's bounds in ``epsg`` (an input in
-    another CRS: its densified edges transformed, snapped outward to the lattice). Returns (geotransform, width,
-    height)."""
-    target = osr.SpatialReference()
-    target.ImportFromEPSG(epsg)
-    target.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    boxes = []
-    for product in products:
-        ds = gdal.Open(product_files(product)["red"])
-        gt = ds.GetGeoTransform()
-        minx, maxx, maxy = gt[0], gt[0] + gt[1] * ds.RasterXSize, gt[3]
-        miny = gt[3] + gt[5] * ds.RasterYSize
-        src = ds.GetSpatialRef()
-        src.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        same = src.IsSame(target)
-        if not same:
-            edge = np.linspace(0.0, 1.0, 101)
-            xs = np.concatenate([minx + edge * (maxx - minx), np.full(101, maxx), maxx - edge * (maxx - minx),
-                                 np.full(101, minx)])
-            ys = np.concatenate([np.full(101, maxy), maxy - edge * (maxy - miny), np.full(101, miny),
-                                 miny + edge * (maxy - miny)])
-            ct = osr.CoordinateTransformation(src, target)
-            pts = np.array([ct.TransformPoint(float(x), float(y))[:2] for x, y in zip(xs, ys, strict=True)])
-            minx, miny, maxx, maxy = pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()
-        boxes.append((minx, miny, maxx, maxy, same))
-    first = boxes[0]
-    anchor = (first[0], first[3]) if first[4] else (np.floor(first[0] / res) * res, np.ceil(first[3] / res) * res)
-    cols, rows = [], []
-    for minx, miny, maxx, maxy, _same in boxes:  # outward to the lattice (exact for an input on it)
-        cols += [int(np.floor(round((minx - anchor[0]) / res, 6))), int(np.ceil(round((maxx - anchor[0]) / res, 6)))]
-        rows += [int(np.floor(round((anchor[1] - maxy) / res, 6))), int(np.ceil(round((anchor[1] - miny) / res, 6)))]
-    gt = (anchor[0] + min(cols) * res, res, 0.0, anchor[1] - min(rows) * res, 0.0, -res)
-    return gt, max(cols) - min(cols), max(rows) - min(rows)
+    """The mosaic's grid from the products' corners (see :func:`references.mosaic_grid`)."""
+    return mosaic_grid([product_files(p)["red"] for p in products], epsg, res)
 
 
 def warped_reference(product: str, grid, srs: str, tmp: Path):
