@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
+from mpi_s2 import __version__
 from mpi_s2.output.tiff_assembly import CLASSIC_TIFF_LIMIT, needs_bigtiff
 from mpi_s2.output.tile_encoding import workers_can_compress
 from mpi_s2.output.tile_messages import RAW_PIECE, pack_tiles, unpack_tiles
 from mpi_s2.windows import TileLayout
 
 from conftest import compose_args, read_array, run_mpi_s2
+
+RESOLUTION_TAGS = {"TIFFTAG_XRESOLUTION": "1", "TIFFTAG_YRESOLUTION": "1", "TIFFTAG_RESOLUTIONUNIT": "1 (unitless)"}
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +83,15 @@ def test_worker_encoded_tiles_read_back_as_gdal_writes_them(scene, uncompressed,
         assert np.array_equal(got, np.where(plain[3] > 0, np.maximum(plain[:3], 1), 0))  # 0 kept for nodata
     ds = gdal.Open(str(out))
     metadata = ds.GetMetadata()
-    assert metadata["TIFFTAG_SOFTWARE"].startswith("mpi_s2 ")
-    assert {k: v for k, v in metadata.items() if k != "MPI_S2_RADIOMETRY"} == {
-        "TIFFTAG_SOFTWARE": metadata["TIFFTAG_SOFTWARE"], "MPI_S2_MAX_REFLECTANCE": "1.0", "MPI_S2_GAMMA": "2.2"}
-    assert metadata["MPI_S2_RADIOMETRY"]
-    # GDAL's GTiff driver writing the same pixels with the same creation options: what GDAL reports must agree
+    ours = {k: v for k, v in metadata.items() if k.startswith("MPI_S2") or k == "TIFFTAG_SOFTWARE"}
+    assert ours == {"TIFFTAG_SOFTWARE": f"mpi_s2 {__version__}", "MPI_S2_MAX_REFLECTANCE": "1.0",
+                    "MPI_S2_GAMMA": "2.2",
+                    "MPI_S2_RADIOMETRY": f"{scene['red']}: band files: offset 0, scale 10000, from options"}
+    # GDAL's GTiff driver writing the same pixels with the same creation options and mpi_s2's metadata items:
+    # what GDAL reports of both files must agree
     options = ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", f"COMPRESS={codec}", "PHOTOMETRIC=RGB"]
     options += ([f"PREDICTOR={predictor}"] if predictor else []) + (["ALPHA=YES"] if alpha else [])
-    ref = gdal_written(tmp_path / "gdal.tif", got, scene["red"], options, metadata)
+    ref = gdal_written(tmp_path / "gdal.tif", got, scene["red"], options, ours)
     assert np.array_equal(ref.ReadAsArray(), got)
     assert ds.GetMetadata("IMAGE_STRUCTURE") == ref.GetMetadata("IMAGE_STRUCTURE")
     assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == (None if codec == "NONE" else codec)
@@ -102,7 +106,9 @@ def test_worker_encoded_tiles_read_back_as_gdal_writes_them(scene, uncompressed,
     assert [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(bands)] == \
         [ref.GetRasterBand(i + 1).GetNoDataValue() for i in range(bands)] == [None if alpha else 0] * bands
     assert ds.GetRasterBand(1).GetBlockSize() == ref.GetRasterBand(1).GetBlockSize() == [512, 512]
-    assert ds.GetMetadata() == ref.GetMetadata()
+    # the TIFF writer adds a unitless resolution of 1 (baseline TIFF tags GDAL leaves out); nothing else differs
+    assert {k: v for k, v in metadata.items() if k not in RESOLUTION_TAGS} == ref.GetMetadata()
+    assert {k: metadata[k] for k in RESOLUTION_TAGS if k in metadata}.items() <= RESOLUTION_TAGS.items()
 
 
 def test_windows_that_are_not_whole_tiles_are_encoded_by_the_writer(scene, uncompressed, tmp_path):
