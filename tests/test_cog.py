@@ -13,7 +13,7 @@ from mpi_s2.errors import OutputError
 from mpi_s2.output.overviews import check_window_size, level_count, level_window, reduce_window, worker_levels
 from mpi_s2.windows import Window
 
-from conftest import PYTHON, compose_args, error_lines, read_array, read_bands, run_mpi_s2, write_band
+from conftest import PYTHON, compose_args, error_lines, gdal_translate_reference, read_bands, run_mpi_s2, write_band
 
 
 def valid_average_reference(full: np.ndarray, level: int) -> np.ndarray:
@@ -50,6 +50,26 @@ def edge_scene(scene, tmp_path_factory):
     return paths
 
 
+@pytest.fixture(scope="module")
+def edge_expected(edge_scene, tmp_path_factory):
+    """The full resolution as the README defines it, independently: gdal_translate's stretch of ``edge_scene``,
+    nodata (0, alpha 0) where any input DN is 0; (RGBA, RGB without alpha: valid pixels at least 1)."""
+    rgb = gdal_translate_reference(edge_scene, tmp_path_factory.mktemp("edge_ref") / "ref.tif")
+    valid = (np.stack(read_bands(edge_scene)) != 0).all(axis=0)
+    assert 0.5 < valid.mean() < 0.7  # the ragged edge really is there
+    rgba = np.concatenate([np.where(valid, rgb, 0), np.where(valid, 255, 0)[None]]).astype(np.uint8)
+    no_alpha = np.where(valid, np.maximum(rgb, 1), 0).astype(np.uint8)
+    return rgba, no_alpha
+
+
+def expected_levels(width: int, height: int, tile: int) -> int:
+    """README: overviews "until the image fits one tile": halve (rounding up) while a side exceeds the tile."""
+    levels = 0
+    while max(width, height) > tile:
+        width, height, levels = -(-width // 2), -(-height // 2), levels + 1
+    return levels
+
+
 def validate_cog(path) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", "osgeo_utils.samples.validate_cloud_optimized_geotiff", str(path)],
                           capture_output=True, text=True)
@@ -64,26 +84,25 @@ CASES = [  # ranks, codec, alpha, tile, schedule
 
 
 @pytest.mark.parametrize("ranks,codec,alpha,tile,schedule", CASES)
-def test_cog_is_valid_and_its_overviews_are_valid_pixel_averages(edge_scene, tmp_path, ranks, codec, alpha, tile,
-                                                                 schedule):
+def test_cog_is_valid_and_its_overviews_are_valid_pixel_averages(edge_scene, edge_expected, tmp_path, ranks, codec,
+                                                                 alpha, tile, schedule):
     options = ["--co", f"COMPRESS={codec}", "--co", f"BLOCKXSIZE={tile}", "--co", f"BLOCKYSIZE={tile}",
                "--schedule", schedule] + ([] if alpha else ["--no-alpha"])
-    plain = tmp_path / "plain.tif"
-    assert run_mpi_s2(compose_args(edge_scene, plain, *options), ranks=1).returncode == 0
     out, report = tmp_path / "rgb.tif", tmp_path / "run.json"
     result = run_mpi_s2(compose_args(edge_scene, out, "--cog", "--report", str(report), *options), ranks=ranks)
     assert result.returncode == 0, result.stderr
 
     check = validate_cog(out)
     assert check.returncode == 0 and "is a valid cloud optimized GeoTIFF" in check.stdout, check.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.tif", "rgb.tif", "run.json"]  # no scratch left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb.tif", "run.json"]  # no scratch left
 
-    full = read_array(plain)
+    full = edge_expected[0] if alpha else edge_expected[1]
     ds = gdal.Open(str(out))
-    assert np.array_equal(ds.ReadAsArray(), full)  # full resolution unchanged
-    assert ds.GetGeoTransform() == gdal.Open(str(plain)).GetGeoTransform()
+    assert np.array_equal(ds.ReadAsArray(), full)  # full resolution: gdal_translate's pixels
+    assert ds.GetGeoTransform() == gdal.Open(edge_scene["red"]).GetGeoTransform()
     assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == (None if codec == "NONE" else codec)
-    levels = level_count(1300, 1100, (tile, tile))
+    levels = expected_levels(1300, 1100, tile)
+    assert levels == {512: 2, 256: 3}[tile]
     sizes = []
     for level in range(1, levels + 1):
         got = np.stack([ds.GetRasterBand(b + 1).GetOverview(level - 1).ReadAsArray() for b in range(ds.RasterCount)])

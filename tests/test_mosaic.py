@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, osr
+from references import mosaic_grid
 from test_products import MASKED, product_files, scl_on_10m
 
 from mpi_s2.tools.synth import ORIGIN, ProductOptions, synthesize_product
@@ -57,6 +58,7 @@ def test_same_zone_overlap_first_valid_wins(product_a, tmp_path_factory, tmp_pat
     ds = gdal.Open(str(out))
     assert (ds.RasterXSize, ds.RasterYSize) == (1800, 1200)
     assert ds.GetGeoTransform() == gdal.Open(product_files(product_a)["red"]).GetGeoTransform()
+    assert (ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize) == expected_grid([product_a, b], 32632)
     assert ds.GetSpatialRef().GetAuthorityCode(None) == "32632"
     expected = np.zeros((3, 1200, 1800), dtype=np.uint8)
     alpha = np.zeros((1200, 1800), dtype=np.uint8)
@@ -76,9 +78,15 @@ def test_same_zone_overlap_first_valid_wins(product_a, tmp_path_factory, tmp_pat
     assert [i["placement"]["col_off"] for i in inputs] == [0, 800] and not any(i["reprojected"] for i in inputs)
 
 
-def warped_reference(product: str, out: gdal.Dataset, srs: str, tmp: Path):
-    """Independent reference: gdalwarp (nearest, exact) of each band onto ``out``'s grid, then gdal_translate."""
-    gt, width, height = out.GetGeoTransform(), out.RasterXSize, out.RasterYSize
+def expected_grid(products: list[str], epsg: int, res: float = 10.0):
+    """The mosaic's grid from the products' corners (see :func:`references.mosaic_grid`)."""
+    return mosaic_grid([product_files(p)["red"] for p in products], epsg, res)
+
+
+def warped_reference(product: str, grid, srs: str, tmp: Path):
+    """Independent reference: gdalwarp (nearest, exact) of each band onto ``grid`` ((geotransform, width, height),
+    from :func:`expected_grid`), then gdal_translate."""
+    gt, width, height = grid
     bounds = [str(v) for v in (gt[0], gt[3] - 10.0 * height, gt[0] + 10.0 * width, gt[3])]
     warped = {}
     for key, path in product_files(product).items():
@@ -112,12 +120,15 @@ def test_two_zone_mosaic_reprojects_the_second_zone(product_a, tmp_path_factory,
     ds = gdal.Open(str(out))
     gt = ds.GetGeoTransform()
     assert ds.GetSpatialRef().GetAuthorityCode(None) == "32632" and gt[1] == 10.0 and gt[5] == -10.0
+    grid = expected_grid([product_a, c], 32632)  # the union of A's bounds and C's, from their corners
+    assert (gt, ds.RasterXSize, ds.RasterYSize) == grid
+    assert grid[1] > A_SIZE[0] and grid[2] > A_SIZE[1]  # C really widens the mosaic east and south
     a_gt = gdal.Open(product_files(product_a)["red"]).GetGeoTransform()
     col_a, row_a = (a_gt[0] - gt[0]) / 10.0, (gt[3] - a_gt[3]) / 10.0
     assert col_a == int(col_a) and row_a == int(row_a)  # A stays on its own grid, unresampled
     col_a, row_a = int(col_a), int(row_a)
     width, height = ds.RasterXSize, ds.RasterYSize
-    ref_c, valid_c = warped_reference(c, ds, "EPSG:32632", tmp_path)
+    ref_c, valid_c = warped_reference(c, grid, "EPSG:32632", tmp_path)
     ref_a, valid_a = expected_tile(product_a, tmp_path, False)
     expected = np.zeros((3, height, width), dtype=np.uint8)
     alpha = np.zeros((height, width), dtype=np.uint8)
@@ -152,7 +163,9 @@ def test_crs_option_reprojects_every_input(product_a, tmp_path):
     assert result.returncode == 0, result.stderr
     ds = gdal.Open(str(out))
     assert ds.GetSpatialRef().GetAuthorityCode(None) == "32631" and ds.GetGeoTransform()[1] == 10.0
-    ref, valid = warped_reference(product_a, ds, "EPSG:32631", tmp_path)
+    grid = expected_grid([product_a], 32631)  # A's corners in zone 31, snapped outward to 10 m
+    assert (ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize) == grid
+    ref, valid = warped_reference(product_a, grid, "EPSG:32631", tmp_path)
     rgba = read_array(out)
     assert valid.sum() > 0.8 * A_SIZE[0] * A_SIZE[1]
     assert (rgba[3] == np.where(valid, 255, 0)).all()

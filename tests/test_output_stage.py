@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
+from mpi_s2 import __version__
 from mpi_s2.output.tiff_assembly import CLASSIC_TIFF_LIMIT, needs_bigtiff
 from mpi_s2.output.tile_encoding import workers_can_compress
 from mpi_s2.output.tile_messages import RAW_PIECE, pack_tiles, unpack_tiles
@@ -15,13 +16,41 @@ from mpi_s2.windows import TileLayout
 
 from conftest import compose_args, read_array, run_mpi_s2
 
+RESOLUTION_TAGS = {"TIFFTAG_XRESOLUTION": "1", "TIFFTAG_YRESOLUTION": "1", "TIFFTAG_RESOLUTIONUNIT": "1 (unitless)"}
+
 
 @pytest.fixture(scope="module")
-def uncompressed(scene, tmp_path_factory):
-    """The reference: the same scene written by GDAL's own writer in one process, uncompressed."""
+def expected_rgba(scene, reference, valid) -> np.ndarray:
+    """The README's pixels, built without mpi_s2: gdal_translate's stretch where every input DN is non-zero, 0
+    elsewhere; alpha 255 where valid."""
+    assert valid.any() and not valid.all()
+    return np.concatenate([np.where(valid, reference, 0), np.where(valid, 255, 0)[None]]).astype(np.uint8)
+
+
+def gdal_written(path, pixels: np.ndarray, like: str, options: list[str], metadata: dict[str, str]) -> gdal.Dataset:
+    """``pixels`` written by GDAL's GTiff driver with ``options``, the georeferencing of the input ``like``,
+    ``metadata``, and nodata 0 on each band when there is no alpha band (README: 0 means nodata)."""
+    src = gdal.Open(like)
+    bands = pixels.shape[0]
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), pixels.shape[2], pixels.shape[1], bands, gdal.GDT_Byte,
+                                              options=options)
+    ds.SetGeoTransform(src.GetGeoTransform())
+    ds.SetSpatialRef(src.GetSpatialRef())
+    ds.SetMetadata(metadata)
+    for b in range(bands):
+        if bands == 3:
+            ds.GetRasterBand(b + 1).SetNoDataValue(0)
+        ds.GetRasterBand(b + 1).WriteArray(pixels[b])
+    ds = None
+    return gdal.Open(str(path))
+
+
+@pytest.fixture(scope="module")
+def uncompressed(scene, expected_rgba, tmp_path_factory):
+    """The reference of the README's claim: the expected pixels written by GDAL's own writer, uncompressed."""
     out = tmp_path_factory.mktemp("plain") / "plain.tif"
-    result = run_mpi_s2(compose_args(scene, out, "--co", "COMPRESS=NONE"), ranks=1)
-    assert result.returncode == 0, result.stderr
+    gdal_written(out, expected_rgba, scene["red"], ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512",
+                                                    "COMPRESS=NONE", "PHOTOMETRIC=RGB", "ALPHA=YES"], {})
     return out
 
 
@@ -32,8 +61,8 @@ CASES = [  # codec, predictor, alpha, ranks
 
 
 @pytest.mark.parametrize("codec,predictor,alpha,ranks", CASES)
-def test_worker_encoded_tiles_read_back_as_gdal_writes_them(scene, uncompressed, tmp_path, codec, predictor, alpha,
-                                                             ranks):
+def test_worker_encoded_tiles_read_back_as_gdal_writes_them(scene, uncompressed, expected_rgba, tmp_path, codec,
+                                                             predictor, alpha, ranks):
     out, report_path = tmp_path / "rgb.tif", tmp_path / "run.json"
     extra = ["--co", f"COMPRESS={codec}", "--report", str(report_path)]
     if predictor:
@@ -46,24 +75,40 @@ def test_worker_encoded_tiles_read_back_as_gdal_writes_them(scene, uncompressed,
     assert report["tiles_encoded_by"] == "workers"
     assert report["output_stage"]["n_star"] > 0
 
-    plain = read_array(uncompressed)
+    plain = read_array(uncompressed)  # README: pixels equal GDAL's uncompressed output
     got = read_array(out)
     if alpha:
         assert np.array_equal(got, plain)
     else:
         assert np.array_equal(got, np.where(plain[3] > 0, np.maximum(plain[:3], 1), 0))  # 0 kept for nodata
-    ds, ref = gdal.Open(str(out)), gdal.Open(str(uncompressed))
+    ds = gdal.Open(str(out))
+    metadata = ds.GetMetadata()
+    ours = {k: v for k, v in metadata.items() if k.startswith("MPI_S2") or k == "TIFFTAG_SOFTWARE"}
+    assert ours == {"TIFFTAG_SOFTWARE": f"mpi_s2 {__version__}", "MPI_S2_MAX_REFLECTANCE": "1.0",
+                    "MPI_S2_GAMMA": "2.2",
+                    "MPI_S2_RADIOMETRY": f"{scene['red']}: band files: offset 0, scale 10000, from options"}
+    # GDAL's GTiff driver writing the same pixels with the same creation options and mpi_s2's metadata items:
+    # what GDAL reports of both files must agree
+    options = ["TILED=YES", "BLOCKXSIZE=512", "BLOCKYSIZE=512", f"COMPRESS={codec}", "PHOTOMETRIC=RGB"]
+    options += ([f"PREDICTOR={predictor}"] if predictor else []) + (["ALPHA=YES"] if alpha else [])
+    ref = gdal_written(tmp_path / "gdal.tif", got, scene["red"], options, ours)
+    assert np.array_equal(ref.ReadAsArray(), got)
+    assert ds.GetMetadata("IMAGE_STRUCTURE") == ref.GetMetadata("IMAGE_STRUCTURE")
     assert ds.GetMetadataItem("COMPRESSION", "IMAGE_STRUCTURE") == (None if codec == "NONE" else codec)
     assert ds.GetMetadataItem("PREDICTOR", "IMAGE_STRUCTURE") == (predictor if predictor != "1" else None)
     assert ds.GetGeoTransform() == ref.GetGeoTransform() and ds.GetSpatialRef().IsSame(ref.GetSpatialRef())
+    assert ds.GetSpatialRef().GetAuthorityCode(None) == "32632"
     bands = 4 if alpha else 3
+    assert ds.RasterCount == ref.RasterCount == bands
     assert [ds.GetRasterBand(i + 1).GetColorInterpretation() for i in range(bands)] == \
+        [ref.GetRasterBand(i + 1).GetColorInterpretation() for i in range(bands)] == \
         [gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand, gdal.GCI_AlphaBand][:bands]
-    assert ds.GetRasterBand(1).GetNoDataValue() == (None if alpha else 0)
-    assert ds.GetRasterBand(1).GetBlockSize() == [512, 512]
-    ours = {k: v for k, v in ds.GetMetadata().items() if k.startswith("MPI_S2")}
-    assert ours == {k: v for k, v in ref.GetMetadata().items() if k.startswith("MPI_S2")} and ours
-    assert ds.GetMetadataItem("TIFFTAG_SOFTWARE").startswith("mpi_s2")
+    assert [ds.GetRasterBand(i + 1).GetNoDataValue() for i in range(bands)] == \
+        [ref.GetRasterBand(i + 1).GetNoDataValue() for i in range(bands)] == [None if alpha else 0] * bands
+    assert ds.GetRasterBand(1).GetBlockSize() == ref.GetRasterBand(1).GetBlockSize() == [512, 512]
+    # the TIFF writer adds a unitless resolution of 1 (baseline TIFF tags GDAL leaves out); nothing else differs
+    assert {k: v for k, v in metadata.items() if k not in RESOLUTION_TAGS} == ref.GetMetadata()
+    assert {k: metadata[k] for k in RESOLUTION_TAGS if k in metadata}.items() <= RESOLUTION_TAGS.items()
 
 
 def test_windows_that_are_not_whole_tiles_are_encoded_by_the_writer(scene, uncompressed, tmp_path):

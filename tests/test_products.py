@@ -124,7 +124,9 @@ def test_resolution_20_m(l2a, tmp_path):
     assert result.returncode == 0, result.stderr
     rgba = read_array(out)
     assert rgba.shape == (4, 550, 650)
-    valid = rgba[3] == 255
+    valid = (np.stack([read_array(files[b]) for b in ("red", "green", "blue")]) != 0).all(axis=0)  # input DNs
+    assert valid.any() and not valid.all()
+    assert (rgba[3] == np.where(valid, 255, 0)).all()
     assert (rgba[:3][:, valid] == ref[:, valid]).all()
     assert gdal.Open(str(out)).GetGeoTransform()[1] == 20.0
 
@@ -289,8 +291,9 @@ def test_real_l1c_metadata_offset_applied(real, tmp_path):
     bands = {"red": str(files["B04"]), "green": str(files["B03"]), "blue": str(files["B02"])}
     ref = gdal_translate_reference(bands, tmp_path / "ref.tif", offset=-1000.0)  # baseline 04.00
     rgba = read_array(out)
-    valid = rgba[3] == 255
-    assert valid.mean() > 0.5 and (rgba[:3][:, valid] == ref[:, valid]).all()
+    valid = (np.stack([read_array(p) for p in bands.values()]) != 0).all(axis=0)  # from the input DNs
+    assert valid.mean() > 0.5 and (rgba[3] == np.where(valid, 255, 0)).all()
+    assert (rgba[:3][:, valid] == ref[:, valid]).all()
 
 
 def test_real_l2a_metadata_offset_and_scl(real, tmp_path):
