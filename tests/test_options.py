@@ -221,8 +221,6 @@ def test_overwrite_replaces_the_old_file_with_what_a_fresh_run_writes(small, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.tif", "rgb.tif"]  # nothing left beside them
 
 
-@pytest.mark.xfail(strict=True, reason="-v logs nothing more than the default: mpi_s2 has no debug-level log line "
-                                      "(README: '-v: more logging'); remove this mark with the fix in mpi_s2")
 def test_verbose_logs_more_than_the_default(small, tmp_path):
     lines = {}
     for flag in ("", "-v"):
@@ -232,6 +230,8 @@ def test_verbose_logs_more_than_the_default(small, tmp_path):
         assert result.returncode == 0, result.stderr
         lines[flag] = [line for line in result.stderr.splitlines() if line.startswith("mpi_s2:")]
     assert len(lines["-v"]) > len(lines[""]), lines
+    assert any(" plan: 640 x 512 pixels" in line for line in lines["-v"]), lines["-v"]
+    assert not any(" plan: " in line for line in lines[""]), lines[""]
 
 
 # --------------------------------------------------------------------------------------------- bad values

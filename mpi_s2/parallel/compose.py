@@ -95,6 +95,8 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
         if run.writes:
             run.learn(crs_epsg=epsg_code(plan.grid.crs_wkt), size=list(plan.grid.size), windows=len(plan.windows),
                       stage_units=len(plan.stage_units))
+        if roles.is_planner:
+            _log_plan(plan, comm.size, threads, nodes)
         hdf5: dict[str, Any] = {}
         first_worker = not roles.is_writer and comm.rank == min(roles.worker_ranks)
         forget_cleanup = termination.on_signal(on_signal_cleanup(plan, roles.is_writer, first_worker,
@@ -142,6 +144,9 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
     remove_staging(plan.staging_directory)
     wall = time.perf_counter() - start
     decodes = merge_counts([rank.pop("decode") for rank in ranks])
+    for rank in ranks:
+        log.debug("rank %d (%s, %s): %s, %.1f s CPU, peak %.0f MB", rank["rank"], rank["role"], rank["host"],
+                  plural(rank["windows"], "window"), rank["cpu_s"], rank["peak_rss_mb"])
     report = build_report(_summary(plan, config, comm.size, decodes), ranks, wall)
     report["windows_reused"] = len(plan.windows) - len(todo)
     report["windows_computed"] = len(todo)
@@ -167,6 +172,21 @@ def _pixel_fractions(plan: Plan, todo: list[int], ranks: list[dict[str, Any]]) -
     return pixel_fractions(ranks, sum(plan.windows[i].size for i in todo),
                            f"the {plural(len(todo), 'window')} computed in this run (not the "
                            f"{plural(reused, 'window')} --resume reused)")
+
+
+def _log_plan(plan: Plan, ranks: int, threads: int, nodes: int) -> None:
+    """``-v``: what the planner decided, on rank 0."""
+    out = plan.output
+    log.debug("plan: %d x %d pixels, windows of %d x %d: %s to compute, %d empty; %s on %s, %s; %s",
+              plan.grid.width, plan.grid.height, *out.window_size, len(out.windows), out.empty_windows,
+              plural(ranks, "rank"), plural(nodes, "node"), plural(threads, "decoder thread") + " per rank",
+              "tiles encoded by the workers" if out.writer_encodes_because is None
+              else f"tiles encoded by the writer: {out.writer_encodes_because}")
+    if plan.stage_units:
+        log.debug("staging: %s of %s in %s", plural(len(plan.stage_units), "unit"),
+                  plural(len(plan.staged), "misaligned file"), plan.staging_directory)
+    for source in plan.sources:
+        log.debug("input %s: %s", source.label, source.radiometry_note)
 
 
 def _summary(plan: Plan, config: ComposeConfig, size: int, decodes: dict[int, dict[str, int]]) -> dict[str, Any]:
