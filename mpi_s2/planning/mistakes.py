@@ -53,9 +53,10 @@ def reflectance_warning(max_reflectance: float) -> str | None:
     """A ``--max-reflectance`` that looks like a digital number."""
     if max_reflectance <= MAX_PLAUSIBLE_REFLECTANCE:
         return None
+    big = max_reflectance >= 100  # surely a DN: say which reflectance it is
+    as_dn = f" (DN {max_reflectance:g} is --max-reflectance {max_reflectance / 10000:g})" if big else ""
     return (f"--max-reflectance {max_reflectance:g}: a reflectance, not a DN? 1.0 is 100 % (DN 10000 without "
-            f"offset); above {MAX_PLAUSIBLE_REFLECTANCE:g} the image is nearly black (DN {max_reflectance:g} is "
-            f"--max-reflectance {max_reflectance / 10000:g})")
+            f"offset), and a DN there makes the image nearly black{as_dn}")
 
 
 def extension_warning(output: str) -> str | None:
@@ -73,8 +74,8 @@ def idle_worker_warning(windows: int, workers: int) -> str | None:
     if workers <= windows:
         return None
     return (f"{plural(windows, 'window')} for {plural(workers, 'worker')}: ranks beyond {windows} will be idle "
-            f"({plural(workers - windows, 'rank')} with no window to compose); use at most {windows + 1} ranks, "
-            f"or a smaller --window")
+            f"({plural(workers - windows, 'rank')} with no window to compose); use at most "
+            f"{plural(windows + 1, 'rank')}, or a smaller --window")
 
 
 def likely_mistakes(config: ComposeConfig, windows: int, workers: int) -> list[str]:
