@@ -34,6 +34,9 @@ class PathError(OutputError):
         super().__init__(message)
         self.path = path
 
+    def __reduce__(self):  # rank 0 broadcasts it: pickled with its path
+        return type(self), (str(self), self.path)
+
 
 class WindowError(MpiS2Error, ValueError):
     """A window or window plan is invalid (programming error or impossible option)."""

@@ -113,13 +113,18 @@ def test_paths_are_checked_before_any_input_is_opened(bands, tmp_path):
     assert_one_line_nothing_written(result, "--report: directory", report, before, tmp_path)
 
 
-def test_kept_hdf5_file_replaced_with_overwrite(bands, tmp_path):
-    """The check that refuses an existing --keep-h5 file lets --overwrite replace it: the run ends ok."""
-    (tmp_path / "out.h5").write_bytes(b"an earlier run's array")
-    result = run_mpi_s2(compose_args(bands, tmp_path / "out.tif", "--backend", "hdf5", "--keep-h5",
-                                     "--overwrite"), ranks=3, timeout=90)
+def test_kept_hdf5_file_of_an_earlier_run_needs_overwrite(bands, tmp_path):
+    """An earlier run's --keep-h5 file (its GeoTIFF moved away): refused without --overwrite, replaced with it."""
+    out, h5 = tmp_path / "out.tif", tmp_path / "out.h5"
+    args = compose_args(bands, out, "--backend", "hdf5", "--keep-h5")
+    assert run_mpi_s2(args, ranks=3, timeout=90).returncode == 0
+    out.unlink()
+    before = listing(tmp_path)
+    result = run_mpi_s2(args, ranks=3, timeout=90)
+    assert_one_line_nothing_written(result, "already exists, and --keep-h5", str(h5), before, tmp_path)
+    result = run_mpi_s2([*args, "--overwrite"], ranks=3, timeout=90)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "out.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"  # HDF5's signature: replaced
+    assert out.exists() and h5.stat().st_mtime_ns != before["out.h5"][1]  # written again
 
 
 @pytest.fixture(scope="module")
