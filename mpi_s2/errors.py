@@ -26,6 +26,18 @@ class OutputError(MpiS2Error, OSError):
     exit_code = 2
 
 
+class PathError(OutputError):
+    """A file the run would write besides its output cannot or must not be written there (``path``), found before
+    any input is opened: a ``--report`` that names it is not written either."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):  # rank 0 broadcasts it: pickled with its path
+        return type(self), (str(self), self.path)
+
+
 class WindowError(MpiS2Error, ValueError):
     """A window or window plan is invalid (programming error or impossible option)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from mpi_s2.errors import OutputError
+from mpi_s2.errors import OutputError, PathError
 
 
 def partial_path(output: str) -> str:
@@ -35,15 +35,15 @@ def check_output_path(output: str, *, overwrite: bool, inputs: tuple[str, ...] =
 
 
 def check_side_file(path: str, option: str) -> None:
-    """Raise :class:`OutputError` when a file the run writes besides its output (``--report``,
+    """Raise :class:`PathError` when a file the run writes besides its output (``--report``,
     ``--progress-file``) cannot be written: its directory must exist and be writable."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise OutputError(f"{path}: {option}: directory {directory} does not exist")
+        raise PathError(f"{path}: {option}: directory {directory} does not exist", path)
     if not os.access(directory, os.W_OK):
-        raise OutputError(f"{path}: {option}: directory {directory} is not writable")
+        raise PathError(f"{path}: {option}: directory {directory} is not writable", path)
     if os.path.isdir(path):
-        raise OutputError(f"{path}: {option}: is a directory")
+        raise PathError(f"{path}: {option}: is a directory", path)
 
 
 #: Scratch files beside the temporary output: a COG's tiles and coarse levels, the journal of a resumable run

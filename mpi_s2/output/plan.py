@@ -8,12 +8,13 @@ the same way. The output stage itself (:mod:`mpi_s2.parallel.output_stage`) read
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from mpi_s2.config import DEFAULT_PROFILE
-from mpi_s2.errors import OutputError
+from mpi_s2.errors import OutputError, PathError
 from mpi_s2.inputs.bands import Grid
 from mpi_s2.output.overviews import check_window_size, level_count, worker_levels
 from mpi_s2.output.paths import check_output_path, check_side_file
@@ -108,6 +109,33 @@ def check_output_request(request: OutputRequest) -> None:
     if request.quicklook:
         quicklook_format(request.quicklook)
         check_output_path(request.quicklook, overwrite=request.overwrite, inputs=request.inputs)
+
+
+def check_written_paths(paths: Mapping[str, str | None], inputs: tuple[str, ...] = ()) -> None:
+    """Raise :class:`OutputError` when two files the run writes are one (``paths``: option -> path, e.g.
+    ``{"-o": OUT, "--report": R}``), or when a file it writes besides its output is one of its ``inputs``."""
+    seen: dict[str, str] = {}
+    for option, path in paths.items():
+        if not path:
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise PathError(f"{path}: given as both {seen[real]} and {option}; each file the run writes needs "
+                            f"its own path", path)
+        seen[real] = option
+        for source in inputs:
+            if os.path.realpath(source) == real:
+                raise PathError(f"{path}: {option} would overwrite the input {source}", path)
+
+
+def check_hdf5_file(path: str, output: str, *, keep: bool, overwrite: bool, resume: bool) -> None:
+    """Raise :class:`OutputError` when the HDF5 backend's file ``path`` (beside ``output``) cannot or must not
+    be written: its directory must be writable, it must not be a directory, and a file kept by ``--keep-h5``
+    replaces an existing one only with ``--overwrite`` (``--resume`` continues it)."""
+    check_side_file(path, "--backend hdf5")
+    if keep and os.path.exists(path) and not (overwrite or resume):
+        raise OutputError(f"{path}: already exists, and --keep-h5 would replace it with the HDF5 file of {output} "
+                          f"(use --overwrite to replace it, or --resume to finish its run)")
 
 
 def plan_output(request: OutputRequest, grid: Grid, block_size: tuple[int, int], metadata: Mapping[str, str],

@@ -36,6 +36,7 @@ from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.run_report import RunReport
 from mpi_s2.pixels.radiometry import LUT_SIZE
+from mpi_s2.planning.mistakes import likely_mistakes
 from mpi_s2.planning.plan import Plan, make_plan, plan_luts
 from mpi_s2.planning.stage_plan import remove_staging
 from mpi_s2.report import RankStats, build_report, pixel_fractions, quicklook_seconds
@@ -71,6 +72,12 @@ def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> np.ndarray:
     return luts
 
 
+def log_likely_mistakes(config: ComposeConfig, plan: Plan, workers: int) -> None:
+    """Rank 0: one warning line for each likely mistake (:mod:`mpi_s2.planning.mistakes`); the run goes on."""
+    for line in likely_mistakes(config, len(plan.windows), workers):
+        log.warning("warning: %s", line)
+
+
 def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
     """Run the compose job on ``comm``. Returns the run report on rank 0, ``None`` elsewhere.
 
@@ -92,6 +99,8 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
     preview: tuple[int, int] | None = None
     with config_options(rank_options(threads)):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
+        if roles.is_planner:
+            log_likely_mistakes(config, plan, len(roles.worker_ranks))
         if run.writes:
             run.learn(crs_epsg=epsg_code(plan.grid.crs_wkt), size=list(plan.grid.size), windows=len(plan.windows),
                       stage_units=len(plan.stage_units))

@@ -22,7 +22,7 @@ from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.output.free_space import full_disk_error
 from mpi_s2.output.hdf5_store import WindowReader, read_attrs
 from mpi_s2.output.paths import check_output_path, check_side_file, remove_partial
-from mpi_s2.output.plan import OutputPlan, OutputSpec, plan_cog
+from mpi_s2.output.plan import OutputPlan, OutputSpec, check_written_paths, plan_cog
 from mpi_s2.output.profiles import creation_options as profile_options
 from mpi_s2.output.profiles import validate_creation_options
 from mpi_s2.output.tile_encoding import workers_can_compress
@@ -63,6 +63,7 @@ def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, s
     for option, side in (side_files or {}).items():
         if side:
             check_side_file(side, option)
+    check_written_paths({"-o": output, **(side_files or {})}, inputs=(path,))
     if not os.path.isfile(path):
         raise OutputError(f"{path}: no such HDF5 file")
     attrs = read_attrs(path)

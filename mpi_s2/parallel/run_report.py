@@ -34,7 +34,7 @@ import time
 from types import TracebackType
 from typing import Any, Self
 
-from mpi_s2.errors import CollectiveFailure
+from mpi_s2.errors import CollectiveFailure, PathError
 from mpi_s2.parallel import termination
 from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.runtime import failure_line
@@ -74,10 +74,17 @@ class RunReport:
         if exc is None or self.path is None:
             return
         line = failure_line(exc, self.rank, self.size)
-        if self.rank == 0:
+        if self.rank == 0 and not self._is_bad_path(exc):
             self._write("failed", line, None, {})
         elif not isinstance(exc, CollectiveFailure):  # this rank aborts the job: rank 0 learns why from the note
             leave_failure_note(self.path, line)
+
+    def _is_bad_path(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the report's own path must not be written (a directory, an input, another
+        option's file): the failed report is not written there either."""
+        error = exc.error if isinstance(exc, CollectiveFailure) else exc
+        return (isinstance(error, PathError) and self.path is not None
+                and os.path.realpath(error.path) == os.path.realpath(self.path))
 
     def learn(self, **fields: Any) -> None:
         """Run-level fields known so far (written whatever the outcome)."""

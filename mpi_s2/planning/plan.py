@@ -14,17 +14,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpi_s2.config import ComposeConfig
-from mpi_s2.errors import InputError, OutputError
+from mpi_s2.errors import InputError
 from mpi_s2.inputs.bands import Grid, inspect_mask
 from mpi_s2.inputs.block_counts import block_count
 from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.fingerprint import run_fingerprint
-from mpi_s2.output.plan import OutputPlan, OutputRequest, check_output_request, plan_output
+from mpi_s2.output.hdf5_store import h5_path
+from mpi_s2.output.plan import (
+    OutputPlan,
+    OutputRequest,
+    check_hdf5_file,
+    check_output_request,
+    check_written_paths,
+    plan_output,
+)
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.planning.scheduling import WorkPlan
-from mpi_s2.planning.stage_plan import StagedFile, StageUnit, plan_staging
+from mpi_s2.planning.stage_plan import StagedFile, StageUnit, check_staging_parent, plan_staging
 from mpi_s2.windows import Window, intersection
 
 
@@ -106,12 +114,24 @@ def output_request(config: ComposeConfig) -> OutputRequest:
                          report=config.report, progress_file=config.progress_file)
 
 
+def check_paths(config: ComposeConfig, request: OutputRequest) -> None:
+    """Check every path the run writes, before any input is opened: the output, quicklook, report and progress
+    file (:func:`check_output_request`), that no two of them are one file and none is an input, the HDF5
+    backend's file (``--keep-h5``) and the staging directory. :class:`OutputError` names the path."""
+    check_output_request(request)
+    h5 = h5_path(config.output) if config.backend == "hdf5" else None
+    check_written_paths({"-o": config.output, "--quicklook": config.quicklook, "--report": config.report,
+                         "--progress-file": config.progress_file, "the HDF5 file (--backend hdf5)": h5},
+                        inputs=config.input_paths)
+    if h5:
+        check_hdf5_file(h5, config.output, keep=config.keep_h5, overwrite=config.overwrite, resume=config.resume)
+    check_staging_parent(config.output, config.staging_dir)
+
+
 def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     """Check everything that can be checked before any pixel is read, and plan the run."""
     request = output_request(config)
-    check_output_request(request)
-    if config.staging_dir and not (os.path.isdir(config.staging_dir) and os.access(config.staging_dir, os.W_OK)):
-        raise OutputError(f"{config.staging_dir}: --staging-dir is not a writable directory")
+    check_paths(config, request)
     tiles = resolve_inputs(config)
     grid, placed, block_size = layout_mosaic(tiles, config.crs, config.resampling)
     output = plan_output(request, grid, block_size, _metadata(config, placed),

@@ -71,6 +71,19 @@ def staging_directory(output: str, parent: str | None = None) -> str:
     return os.path.join(parent, f"mpi_s2-{tail}-{digest}.staging")
 
 
+def check_staging_parent(output: str, explicit: str | None) -> None:
+    """Raise :class:`OutputError` when staged copies could not be made: ``--staging-dir`` must be a writable
+    directory; the default one beside the output must not be a file. (Node-local memory is used only when it is
+    writable, see :func:`choose_staging_parent`; the output's directory is checked with the output.)"""
+    if explicit:
+        if not (os.path.isdir(explicit) and os.access(explicit, os.W_OK)):
+            raise OutputError(f"{explicit}: --staging-dir is not a writable directory")
+        return
+    beside = staging_directory(output)
+    if os.path.lexists(beside) and not os.path.isdir(beside):
+        raise OutputError(f"{beside}: the staging directory of {output} is a file; move it away")
+
+
 def remove_staging(directory: str | None) -> None:
     """Best-effort removal of a staging directory (after the run, or when it fails)."""
     if directory:
