@@ -22,7 +22,8 @@ GROUND = {"mpi_s2", "mpi_s2.windows", "mpi_s2.errors", "mpi_s2.config", "mpi_s2.
 PURE = ["mpi_s2.windows", "mpi_s2.errors", "mpi_s2.config", "mpi_s2.report", "mpi_s2.pixels.radiometry",
         "mpi_s2.inputs.metadata", "mpi_s2.inputs.products", "mpi_s2.output.plan", "mpi_s2.output.overviews",
         "mpi_s2.output.tile_messages", "mpi_s2.output.quicklook", "mpi_s2.output.fingerprint",
-        "mpi_s2.planning.plan", "mpi_s2.planning.scheduling", "mpi_s2.planning.stage_plan", "mpi_s2.worker.items",
+        "mpi_s2.planning.plan", "mpi_s2.planning.scheduling", "mpi_s2.planning.stage_plan", "mpi_s2.planning.mistakes",
+        "mpi_s2.worker.items",
         "mpi_s2.parallel.progress", "mpi_s2.scaling.model", "mpi_s2.cli"]
 
 
