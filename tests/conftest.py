@@ -95,7 +95,8 @@ class DeathResult(subprocess.CompletedProcess):
     ended_at: float = 0.0
 
 
-def _finish_mpirun(proc: subprocess.Popen, timeout: float, grace: float, on_timeout) -> DeathResult:
+def _finish_mpirun(proc: subprocess.Popen, timeout: float, grace: float, on_timeout,
+                   stderr_so_far=lambda: "") -> DeathResult:
     """Wait for ``proc`` (an mpirun) to end.
 
     Open MPI 4.1.4's mpirun with Debian's PMIx 3 sometimes hangs in ``PMIx_server_finalize`` after a rank was
@@ -107,6 +108,9 @@ def _finish_mpirun(proc: subprocess.Popen, timeout: float, grace: float, on_time
     warns (``FINALIZE_HANG``), so the hang is named in the test output. An mpirun that lingers in any other way
     (ranks still running, or reaped ranks and mpirun not exiting) is killed at ``timeout`` and ``on_timeout``
     fails the test.
+
+    The fault's time is the first of: a rank's end, or the first ``mpi_s2: error`` line in ``stderr_so_far()``
+    (a rank that fails prints it before it aborts the job).
     """
     start = time.monotonic()
     first_end = ranks_gone = None
@@ -117,8 +121,8 @@ def _finish_mpirun(proc: subprocess.Popen, timeout: float, grace: float, on_time
         now = last_poll = time.monotonic()
         children = _children(proc.pid)
         live = _live_children(proc.pid)
-        if first_end is None and ranks_seen and (ranks_seen - set(live)):
-            first_end = now  # a rank ended (killed, aborted or exited)
+        if first_end is None and ((ranks_seen and ranks_seen - set(live)) or "mpi_s2: error" in stderr_so_far()):
+            first_end = now  # a rank ended (killed, aborted or exited), or said it fails
         ranks_seen |= set(live)
         zombies = _zombie_children(proc.pid)
         if live or not zombies or not children:
@@ -165,7 +169,11 @@ def run_mpi_s2_to_death(args: list[str], ranks: int, env: dict[str, str] | None 
             err.seek(0)
             pytest.fail(f"the job (and mpirun) did not end within {limit} s:\n{err.read()}")
 
-        result = _finish_mpirun(proc, timeout, grace, on_timeout)
+        def stderr_so_far() -> str:
+            fd = err.fileno()
+            return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+        result = _finish_mpirun(proc, timeout, grace, on_timeout, stderr_so_far)
         out.seek(0)
         err.seek(0)
         result.stdout, result.stderr = out.read(), err.read()
