@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,54 +135,152 @@ def run_mpi_s2(args: list[str], ranks: int | None = None, timeout: float = 180,
                           timeout=timeout, env={**clean_env(), **(env or {})})
 
 
-def _live_children(pid: int) -> list[int]:
-    """Child processes of ``pid`` that still run (a zombie a hung mpirun no longer reaps does not count)."""
+def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            children = [int(c) for c in fh.read().split()]
+            return [int(c) for c in fh.read().split()]
     except OSError:
         return []
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _live_children(pid: int) -> list[int]:
+    """Child processes of ``pid`` that still run (a zombie a hung mpirun no longer reaps does not count)."""
     live = []
-    for child in children:
-        try:
-            with open(f"/proc/{child}/stat") as fh:
-                state = fh.read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in ("Z", "X"):
+    for child in _children(pid):
+        fields = _proc_stat(child)
+        if fields is not None and fields[0] not in ("Z", "X"):
             live.append(child)
     return live
 
 
-def run_mpi_s2_to_death(args: list[str], ranks: int, env: dict[str, str] | None = None, timeout: float = 60,
-                        grace: float = 5) -> subprocess.CompletedProcess:
-    """Run a job that is meant to die (a rank killed or failing on purpose).
+def _zombie_children(pid: int) -> dict[int, str]:
+    """The children of ``pid`` that have ended but were not reaped, with how each ended (``exit 143``,
+    ``signal 9``): the exit status a zombie keeps for its parent (``/proc/PID/stat`` field 52)."""
+    zombies = {}
+    for child in _children(pid):
+        fields = _proc_stat(child)
+        if fields is None or fields[0] != "Z":
+            continue
+        status = int(fields[49]) if len(fields) > 49 else 0  # field 52 of the line; fields[0] is field 3
+        zombies[child] = f"signal {status & 0x7f}" if status & 0x7f else f"exit {status >> 8}"
+    return zombies
 
-    Open MPI 4.1's mpirun, with Debian's PMIx 3, sometimes hangs in ``PMIx_server_finalize`` once a rank was
-    killed by a signal (seen here about one run in 15; openpmix/openpmix#1244): every rank is gone, mpirun
-    waits forever. That is mpirun's bug, not the job's; once no rank is left, mpirun gets ``grace`` seconds and
-    is then killed (the return code is then -9). The time limit still fails a job whose ranks hang.
+
+#: What the harness prints (and warns) when it kills an mpirun hung in finalize; tests/README.md names it.
+FINALIZE_HANG = "mpirun finalize hang (openpmix/openpmix#1244)"
+
+
+class DeathResult(subprocess.CompletedProcess):
+    """A finished job: ``returncode`` is mpirun's own exit code, or None when mpirun hung in finalize and was
+    killed (``finalize_hang`` then names the ranks' exit statuses); ``fault_to_end_s``: seconds from the first
+    rank's end (the fault) to the end of the job (the last rank's end when mpirun hung); ``ended_at``: when it
+    ended (``time.monotonic()``)."""
+
+    finalize_hang: str | None = None
+    fault_to_end_s: float | None = None
+    ended_at: float = 0.0
+
+
+def _finish_mpirun(proc: subprocess.Popen, timeout: float, grace: float, on_timeout,
+                   stderr_so_far=lambda: "") -> DeathResult:
+    """Wait for ``proc`` (an mpirun) to end.
+
+    Open MPI 4.1.4's mpirun with Debian's PMIx 3 sometimes hangs in ``PMIx_server_finalize`` after a rank was
+    killed by a signal (about one run in 15 here; openpmix/openpmix#1244). The hang is *detected* when, for
+    ``grace`` seconds, all of: (1) no rank runs any more (every child of mpirun has ended); (2) at least one of
+    them is a zombie, i.e. mpirun has stopped reaping its children (a working mpirun reaps a rank within
+    milliseconds, its event loop waits on SIGCHLD); (3) mpirun itself is still alive. Only then is mpirun
+    killed: the result has ``returncode`` None and ``finalize_hang`` set, and the harness prints one line and
+    warns (``FINALIZE_HANG``), so the hang is named in the test output. An mpirun that lingers in any other way
+    (ranks still running, or reaped ranks and mpirun not exiting) is killed at ``timeout`` and ``on_timeout``
+    fails the test.
+
+    The fault's time is the first of: a rank's end, or the first ``mpi_s2: error`` line in ``stderr_so_far()``
+    (a rank that fails prints it before it aborts the job).
+    """
+    start = time.monotonic()
+    first_end = ranks_gone = None
+    ranks_seen: set[int] = set()
+    hang = None
+    last_poll = start
+    while proc.poll() is None:
+        now = last_poll = time.monotonic()
+        children = _children(proc.pid)
+        live = _live_children(proc.pid)
+        if first_end is None and ((ranks_seen and ranks_seen - set(live)) or "mpi_s2: error" in stderr_so_far()):
+            first_end = now  # a rank ended (killed, aborted or exited), or said it fails
+        ranks_seen |= set(live)
+        zombies = _zombie_children(proc.pid)
+        if live or not zombies or not children:
+            ranks_gone = None
+        elif ranks_gone is None:
+            ranks_gone = now
+        elif now - ranks_gone > grace:
+            hang = (f"{FINALIZE_HANG}: every rank ended ({', '.join(sorted(set(zombies.values())))}) and "
+                    f"mpirun {proc.pid} did not reap them nor exit for {grace:.0f} s; killed")
+            proc.kill()
+            proc.wait()
+            break
+        if now - start > timeout:
+            proc.kill()
+            proc.wait()
+            on_timeout(timeout)
+        time.sleep(0.05)
+    end = ranks_gone if hang else time.monotonic()
+    if first_end is None and ranks_seen:
+        first_end = last_poll  # the ranks and mpirun ended since the last look
+    result = DeathResult(proc.args, None if hang else proc.returncode)
+    result.finalize_hang, result.ended_at = hang, end
+    if first_end is not None:
+        result.fault_to_end_s = end - first_end
+    if hang:
+        print(f"conftest: {hang}")
+        warnings.warn(hang, stacklevel=3)
+    return result
+
+
+def run_mpi_s2_to_death(args: list[str], ranks: int, env: dict[str, str] | None = None, timeout: float = 120,
+                        grace: float = 5) -> DeathResult:
+    """Run a job that is meant to die (a rank killed or failing on purpose) under ``mpirun -n ranks``.
+
+    The result's ``returncode`` is mpirun's; ``fault_to_end_s`` the seconds from the first rank's end to the
+    job's end. mpirun is killed only in the one known hang (see :func:`_finish_mpirun`), and then says so;
+    a job still running after ``timeout`` fails the test.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([*MPIRUN, "-n", str(ranks), PYTHON, "-m", "mpi_s2", *args], stdout=out, stderr=err,
                                 env={**clean_env(), **(env or {})})
-        deadline, ranks_gone = time.monotonic() + timeout, None
-        while proc.poll() is None:
-            now = time.monotonic()
-            if now > deadline:
-                proc.kill()
-                proc.wait()
-                raise subprocess.TimeoutExpired(proc.args, timeout)
-            if _live_children(proc.pid):
-                ranks_gone = None
-            elif ranks_gone is None:
-                ranks_gone = now
-            elif now - ranks_gone > grace:
-                proc.kill()
-            time.sleep(0.1)
+
+        def on_timeout(limit: float) -> None:
+            err.seek(0)
+            pytest.fail(f"the job (and mpirun) did not end within {limit} s:\n{err.read()}")
+
+        def stderr_so_far() -> str:
+            fd = err.fileno()
+            return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+        result = _finish_mpirun(proc, timeout, grace, on_timeout, stderr_so_far)
         out.seek(0)
         err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+        result.stdout, result.stderr = out.read(), err.read()
+        return result
+
+
+def assert_exit(result: DeathResult, expected: int) -> None:
+    """mpirun's exit code is ``expected``; unknowable only when the harness had to kill mpirun in the one known
+    finalize hang, which it has named (printed and warned)."""
+    if result.finalize_hang:
+        return
+    assert result.returncode == expected, (result.returncode, result.stderr)
 
 
 def compose_args(scene: dict[str, str], output: Path | str, *extra: str) -> list[str]:

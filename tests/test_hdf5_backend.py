@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from conftest import compose_args, error_lines, run_mpi_s2, run_mpi_s2_to_death
+from conftest import assert_exit, compose_args, error_lines, run_mpi_s2, run_mpi_s2_to_death
 
 TILES_256 = ["--window", "256", "--co", "BLOCKXSIZE=256", "--co", "BLOCKYSIZE=256"]
 EVERY_ROUND = {"MPI_S2_COMMIT_INTERVAL": "0"}  # flush and mark written after each round: what is reused is known
@@ -17,7 +17,8 @@ EVERY_ROUND = {"MPI_S2_COMMIT_INTERVAL": "0"}  # flush and mark written after ea
 def same_image(a, b) -> bool:
     da, db = gdal.Open(str(a)), gdal.Open(str(b))
     return (np.array_equal(da.ReadAsArray(), db.ReadAsArray()) and da.GetGeoTransform() == db.GetGeoTransform()
-            and da.GetSpatialRef().IsSame(db.GetSpatialRef()) and da.GetMetadata() == db.GetMetadata()
+            and da.GetSpatialRef().IsSame(db.GetSpatialRef()) and da.GetProjection() == db.GetProjection()
+            and da.GetMetadata() == db.GetMetadata()
             and [da.GetRasterBand(i + 1).GetColorInterpretation() for i in range(da.RasterCount)]
             == [db.GetRasterBand(i + 1).GetColorInterpretation() for i in range(db.RasterCount)]
             and da.GetRasterBand(1).GetNoDataValue() == db.GetRasterBand(1).GetNoDataValue())
@@ -92,17 +93,24 @@ def test_convert_an_hdf5_file_to_geotiff_and_cog(scene, writer_outputs, tmp_path
         assert same_image(tmp_path / name, reference)
 
 
-@pytest.mark.parametrize("fault", ["2:3:kill", "1:2:fail"])
-def test_hdf5_resume_reuses_the_windows_whose_status_is_written(scene, writer_outputs, tmp_path, fault):
+#: What a killed or failed HDF5-backend run leaves: its HDF5 file, the marker of the note, the report.
+KEPT_H5 = [".rgb.tif.partial.kept", "rgb.h5", "run.json"]
+
+
+@pytest.mark.parametrize("fault,code", [("2:3:kill", 137), ("1:2:fail", 1)])  # 128 + SIGKILL; MPI_Abort(1)
+def test_hdf5_resume_reuses_the_windows_whose_status_is_written(scene, writer_outputs, tmp_path, fault, code):
     out, report = tmp_path / "rgb.tif", tmp_path / "run.json"
     args = compose_args(scene, out, "--backend", "hdf5", *TILES_256, "--report", str(report))
     killed = run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": fault})
-    assert killed.returncode != 0 and not out.exists()
-    assert (tmp_path / "rgb.h5").exists()
+    assert_exit(killed, code)
+    assert sorted(p.name for p in tmp_path.iterdir()) == KEPT_H5, killed.stderr
+    assert killed.stderr.count("the partial run is kept beside") == 1, killed.stderr
+    lines = error_lines(killed.stderr)
     if fault.endswith("fail"):
-        lines = error_lines(killed.stderr)
         assert len(lines) == 1 and "(rank 1)" in lines[0] and "test fault" in lines[0], killed.stderr
-        assert "rerun with --resume" in killed.stderr
+    else:
+        assert lines == [], killed.stderr
+    assert json.loads(report.read_text())["status"] == ("failed" if fault.endswith("fail") else "stopped")
 
     resumed = run_mpi_s2(args + ["--resume"], ranks=2)
     assert resumed.returncode == 0, resumed.stderr
@@ -121,24 +129,26 @@ def test_hdf5_resume_refuses_other_parameters_and_a_missing_file(scene, tmp_path
     assert result.returncode == 2 and "no partial run to resume" in error_lines(result.stderr)[0]
     assert list(tmp_path.iterdir()) == []
 
-    assert run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": "1:2:kill"}).returncode != 0
+    assert_exit(run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": "1:2:kill"}), 137)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rgb.tif.partial.kept", "rgb.h5"]
     before = (tmp_path / "rgb.h5").read_bytes()
     result = run_mpi_s2(args + ["--resume", "--max-reflectance", "0.5"], ranks=2)
     assert result.returncode == 2
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "options.max_reflectance: was 1.0, now 0.5" in lines[0], result.stderr
     assert (tmp_path / "rgb.h5").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rgb.tif.partial.kept", "rgb.h5"]
 
 
 def test_convert_refuses_an_incomplete_file(scene, tmp_path):
     out = tmp_path / "rgb.tif"
     args = compose_args(scene, out, "--backend", "hdf5", *TILES_256)
-    assert run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": "1:2:kill"}).returncode != 0
+    assert_exit(run_mpi_s2_to_death(args, 3, env={**EVERY_ROUND, "MPI_S2_TEST_FAULT": "1:2:kill"}), 137)
     result = run_mpi_s2(["convert", str(tmp_path / "rgb.h5"), "-o", str(tmp_path / "x.tif")], ranks=2)
     assert result.returncode == 2
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "incomplete" in lines[0] and "--resume" in lines[0], result.stderr
-    assert not (tmp_path / "x.tif").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".rgb.tif.partial.kept", "rgb.h5"]  # no x.tif, no scratch
 
 
 def test_h5py_without_mpi_is_a_clear_error(monkeypatch):

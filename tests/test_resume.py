@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from conftest import compose_args, error_lines, run_mpi_s2, run_mpi_s2_to_death
+from conftest import assert_exit, compose_args, error_lines, run_mpi_s2, run_mpi_s2_to_death
 
 TILES_256 = ["--window", "256", "--co", "BLOCKXSIZE=256", "--co", "BLOCKYSIZE=256"]  # 30 windows of 1300 x 1100
 WINDOWS = 30
@@ -28,33 +28,53 @@ def uninterrupted(scene, tmp_path_factory):
 
 
 def same_image(a, b) -> bool:
+    """Pixels, georeferencing, GDAL metadata (dataset and bands), colour interpretation and nodata are equal."""
     da, db = gdal.Open(str(a)), gdal.Open(str(b))
+    bands = [(da.GetRasterBand(i), db.GetRasterBand(i)) for i in range(1, min(da.RasterCount, db.RasterCount) + 1)]
     return (np.array_equal(da.ReadAsArray(), db.ReadAsArray()) and da.GetGeoTransform() == db.GetGeoTransform()
-            and da.GetProjection() == db.GetProjection() and da.GetMetadata() == db.GetMetadata())
+            and da.RasterCount == db.RasterCount
+            and da.GetProjection() == db.GetProjection() and da.GetMetadata() == db.GetMetadata()
+            and all(x.GetColorInterpretation() == y.GetColorInterpretation() and x.GetNoDataValue()
+                    == y.GetNoDataValue() and x.GetMetadata() == y.GetMetadata() for x, y in bands))
 
 
-def leftovers(directory) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+def listing(directory) -> list[str]:
+    """Everything in the directory (hidden files included): what a run left."""
+    return sorted(p.name for p in directory.iterdir())
 
 
-@pytest.mark.parametrize("ranks,fault,extra", [
-    (3, "1:4:kill", []),        # SIGKILL of a worker
-    (3, "0:6:kill", []),        # SIGKILL of the writer
-    (2, "0:5:fail", []),        # an exception on the writer (its own error line, the job aborted)
-    (1, "0:7:kill", []),        # a one-rank job killed
-    (3, "2:3:kill", ["--cog"]),  # a COG: overview shares are kept with the tiles
-])
+KEPT = [".rgb.tif.partial", ".rgb.tif.partial.journal", ".rgb.tif.partial.kept"]
+NOTE = "the partial run is kept beside"
+
+
+@pytest.mark.parametrize("ranks,fault,extra,code,left", [
+    # SIGKILL of a worker: mpirun 128 + 9; rank 0, ended by mpirun's SIGTERM, writes its report
+    (3, "1:4:kill", [], 137, [*KEPT, "run.json"]),
+    # SIGKILL of the writer: no report; the first worker keeps the run and says so
+    (3, "0:6:kill", [], 137, KEPT),
+    # an exception on the writer: its own error line, MPI_Abort(1)
+    (2, "0:5:fail", [], 1, [*KEPT, "run.json"]),
+    # a one-rank job killed: nobody left to write the report, the note or the .kept marker
+    (1, "0:7:kill", [], 137, [".rgb.tif.partial", ".rgb.tif.partial.journal"]),
+    # a COG: overview shares are kept with the tiles
+    (3, "2:3:kill", ["--cog"], 137, [".rgb.tif.partial.journal", ".rgb.tif.partial.kept", ".rgb.tif.partial.levels",
+                                     ".rgb.tif.partial.tiles", "run.json"]),
+], ids=["kill-worker", "kill-writer", "fail-writer", "kill-one-rank", "kill-cog"])
 def test_resume_finishes_a_killed_run_with_only_the_missing_windows(scene, uninterrupted, tmp_path, ranks, fault,
-                                                                      extra):
+                                                                      extra, code, left):
     out, report = tmp_path / "rgb.tif", tmp_path / "run.json"
     args = compose_args(scene, out, *TILES_256, *extra, "--report", str(report))
     killed = run_mpi_s2_to_death(args, ranks, env={**EVERY_WINDOW, "MPI_S2_TEST_FAULT": fault})
-    assert killed.returncode != 0
-    assert not out.exists() and leftovers(tmp_path)  # the partial run is kept for --resume
+    assert_exit(killed, code)
+    assert listing(tmp_path) == left, killed.stderr  # the partial run is kept for --resume, nothing else
+    assert killed.stderr.count(NOTE) == (0 if ranks == 1 else 1), killed.stderr
+    lines = error_lines(killed.stderr)
     if fault.endswith("fail"):
-        lines = error_lines(killed.stderr)
         assert len(lines) == 1 and "(rank 0)" in lines[0] and "test fault" in lines[0], killed.stderr
-        assert "rerun with --resume" in killed.stderr
+    else:
+        assert lines == [], killed.stderr
+    if report.exists():
+        assert json.loads(report.read_text())["status"] == ("failed" if fault.endswith("fail") else "stopped")
 
     resumed = run_mpi_s2(args + ["--resume"], ranks=2)
     assert resumed.returncode == 0, resumed.stderr
@@ -66,7 +86,7 @@ def test_resume_finishes_a_killed_run_with_only_the_missing_windows(scene, unint
     assert same_image(out, reference)
     if extra:  # a COG's layout is row-major: the very same bytes
         assert out.read_bytes() == reference.read_bytes()
-    assert leftovers(tmp_path) == []
+    assert listing(tmp_path) == ["rgb.tif", "run.json"]
 
 
 @pytest.fixture()
@@ -74,7 +94,8 @@ def killed_run(scene, tmp_path):
     out = tmp_path / "rgb.tif"
     args = compose_args(scene, out, *TILES_256)
     result = run_mpi_s2_to_death(args, 3, env={**EVERY_WINDOW, "MPI_S2_TEST_FAULT": "0:5:kill"})
-    assert result.returncode != 0
+    assert_exit(result, 137)
+    assert listing(tmp_path) == KEPT and result.stderr.count(NOTE) == 1, result.stderr
     state = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
     return args, out, state
 
@@ -106,7 +127,7 @@ def test_a_run_without_resume_starts_over_and_cleans_up(killed_run, uninterrupte
     args, out, _ = killed_run
     result = run_mpi_s2(args, ranks=2)
     assert result.returncode == 0, result.stderr
-    assert same_image(out, uninterrupted["plain"]) and leftovers(tmp_path) == []
+    assert same_image(out, uninterrupted["plain"]) and listing(tmp_path) == ["rgb.tif"]
 
 
 def test_resume_without_a_partial_run_is_a_clear_error(scene, tmp_path):
