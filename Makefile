@@ -93,8 +93,10 @@ lint: venv
 	$(PY) -m ruff check mpi_s2 tests
 	$(PY) -m mypy
 
+# TESTS: the test files or folders test-unit runs (default: all; make test-fresh passes a representative part)
+TESTS := tests
 test-unit:
-	$(PY) -m pytest --color=no --durations=15 -m "not mpi and not slow" tests
+	$(PY) -m pytest --color=no --durations=15 -m "not mpi and not slow" $(TESTS)
 
 # A real output past 4 GB (BigTIFF), minutes and 6 GB of disk: not part of make test (nor CI).
 test-slow: venv
