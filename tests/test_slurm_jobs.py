@@ -195,32 +195,35 @@ TILES_256 = ["--window", "256", "--co", "BLOCKXSIZE=256", "--co", "BLOCKYSIZE=25
 WINDOWS = 30
 
 
-def progress_done(path: Path) -> int:
-    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return max([line["done"] for line in lines if line["phase"] == "windows"], default=0)
+def logged_windows(text: str) -> int:
+    """The last count of placed windows rank 0's progress lines give in a job log (``windows 12/30 (40.0%)``, one
+    line per 10 %: a lower bound of what the writer has placed)."""
+    counts = [int(n) for n in re.findall(r"^mpi_s2: \S+ windows (\d+)/\d+ ", text, re.M)]
+    return counts[-1] if counts else 0
 
 
 def wait_for_log(log: Path, text: str, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while text not in (log.read_text() if log.exists() else ""):
+        assert "error" not in (log.read_text() if log.exists() else ""), log.read_text()
         assert time.monotonic() < deadline, f"no '{text}' within {timeout} s: " + (log.read_text() if log.exists()
                                                                                  else "no job log")
         time.sleep(0.2)
     return log.read_text()
 
 
-def wait_until_placed(progress: Path, quiet_s: float = 3.0, timeout: float = 60) -> int:
-    """The writer's count of placed windows once it has not moved for ``quiet_s`` (the stalled worker's share
-    is all that is left), from the --progress-file."""
+def wait_until_placed(log: Path, quiet_s: float = 3.0, timeout: float = 60) -> int:
+    """The writer's count of placed windows in the job log once it has not moved for ``quiet_s`` (the stalled
+    worker's windows are all that is left)."""
     deadline, last, since = time.monotonic() + timeout, -1, time.monotonic()
     while time.monotonic() < deadline:
-        done = progress_done(progress)
+        done = logged_windows(log.read_text())
         if done != last:
             last, since = done, time.monotonic()
         elif done > 0 and time.monotonic() - since >= quiet_s:
             return done
         time.sleep(0.2)
-    raise AssertionError(f"no windows placed: {progress.read_text() if progress.exists() else 'no progress'}")
+    raise AssertionError(f"no windows placed: {log.read_text()}")
 
 
 def wait_for_state(cluster: Cluster, job_id: str, states: tuple[str, ...], timeout: float = 120) -> str:
@@ -237,18 +240,21 @@ def wait_for_state(cluster: Cluster, job_id: str, states: tuple[str, ...], timeo
     raise AssertionError(f"job {job_id} never reached {states}")
 
 
-def submit_stalled(cluster: Cluster, script: str, scene, tmp_path: Path, fault_env: str) -> tuple[str, Path, Path]:
-    """A compose job whose worker 1 stalls after 2 windows (default commit interval); returns job id, log,
-    progress file once the writer has placed what the other workers could do."""
-    log, progress = tmp_path / "job.out", tmp_path / "progress.jsonl"
-    submitted = cluster.run("sbatch", "--parsable", "-o", str(log), *cluster.layout, f"--export=ALL,{fault_env}",
-                            str(REPO / "jobs" / script), *band_args(scene), "-o", str(tmp_path / "rgb.tif"), "-q",
-                            *TILES_256, "--report", str(tmp_path / "run.json"), "--progress-file", str(progress),
-                            cwd=tmp_path)
+def submit_stalled(cluster: Cluster, script: str, scene, tmp_path: Path, fault_env: str) -> tuple[str, Path, int]:
+    """A compose job whose worker 1 stalls after 2 windows (default commit interval), with progress lines from
+    the start; returns its job id, its log and the windows placed once the others' windows are all in."""
+    log = tmp_path / "job.out"
+    submitted = cluster.run("sbatch", "--parsable", "-o", str(log), *cluster.layout,
+                            f"--export=ALL,MPI_S2_PROGRESS_DELAY_S=0,{fault_env}", str(REPO / "jobs" / script),
+                            *compose_args(scene, tmp_path), cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
     wait_for_log(log, "stalls after 2 windows")
-    return job_id, log, progress
+    return job_id, log, wait_until_placed(log)
+
+
+def compose_args(scene, tmp_path: Path) -> list[str]:
+    return [*band_args(scene), "-o", str(tmp_path / "rgb.tif"), *TILES_256, "--report", str(tmp_path / "run.json")]
 
 
 def test_time_limit_warning_requeues_the_job_and_it_resumes(cluster, scene, reference, valid, tmp_path):
@@ -256,10 +262,18 @@ def test_time_limit_warning_requeues_the_job_and_it_resumes(cluster, scene, refe
     with `scancel --batch --signal=TERM`: the script passes it on to srun, mpi_s2's writer journals what it has
     placed, the script requeues the job, and the next attempt (the same command, --resume=auto) reuses those
     windows and finishes with the reference's pixels."""
-    job_id, log, progress = submit_stalled(cluster, "compose.sbatch", scene, tmp_path,
-                                           "MPI_S2_TEST_FAULT=1:2:stall,MPI_S2_TEST_FAULT_ATTEMPT=0")
-    placed = wait_until_placed(progress)
+    job_id, log, placed = submit_stalled(cluster, "compose.sbatch", scene, tmp_path,
+                                         "MPI_S2_TEST_FAULT=1:2:stall,MPI_S2_TEST_FAULT_ATTEMPT=0")
     assert cluster.run("scancel", "--batch", "--signal=TERM", job_id).returncode == 0
+    # Slurm holds a requeued job back (BeginTime about 2 minutes on: its credential must expire); the test lets it
+    # start at once
+    wait_for_log(log, "requeued; the next attempt resumes", timeout=60)
+    deadline = time.monotonic() + 30
+    while "Restarts=1" not in cluster.run("scontrol", "show", "job", job_id).stdout:
+        assert time.monotonic() < deadline, "the job was not requeued"
+        time.sleep(0.5)
+    time.sleep(1)
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
     states = wait_for_state(cluster, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=180)
     text = wait_for_log(log, "mpi_s2 job")
     assert states.split(",")[-1] == "COMPLETED", states + text
@@ -267,21 +281,19 @@ def test_time_limit_warning_requeues_the_job_and_it_resumes(cluster, scene, refe
     report = json.loads((tmp_path / "run.json").read_text())
     assert report["windows_reused"] >= placed > 0 and report["windows_computed"] == WINDOWS - report["windows_reused"]
     check_composite(tmp_path / "rgb.tif", tmp_path / "run.json", scene, reference, valid, cluster)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.out", "progress.jsonl", "rgb.tif", "run.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.out", "rgb.tif", "run.json"]
 
 
 def test_scancel_then_resubmit_with_resume_auto_reuses_windows(cluster, scene, reference, valid, tmp_path):
     """scancel ends the job (CANCELLED, no requeue); the same submission again resumes (--resume=auto, which the
     job script adds), through mpirun this time; a third submission finds the output complete and ends at once."""
-    job_id, log, progress = submit_stalled(cluster, "compose-mpirun.sbatch", scene, tmp_path,
-                                           "MPI_S2_TEST_FAULT=1:2:stall")
-    placed = wait_until_placed(progress)
+    job_id, log, placed = submit_stalled(cluster, "compose-mpirun.sbatch", scene, tmp_path,
+                                         "MPI_S2_TEST_FAULT=1:2:stall")
     assert cluster.run("scancel", job_id).returncode == 0
     assert wait_for_state(cluster, job_id, ("CANCELLED",), timeout=30) == "CANCELLED"
     text = wait_for_log(log, "the partial run is kept beside", timeout=30)
     assert "requeued" not in text
-    args = [*band_args(scene), "-o", str(tmp_path / "rgb.tif"), "-q", *TILES_256, "--report",
-            str(tmp_path / "run.json")]
+    args = compose_args(scene, tmp_path)
     proc, text, state = cluster.sbatch("compose-mpirun.sbatch", *args, cwd=tmp_path)
     assert proc.returncode == 0 and state == "COMPLETED", text
     report = json.loads((tmp_path / "run.json").read_text())

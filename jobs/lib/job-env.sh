@@ -42,9 +42,14 @@ job_banner() {  # one line in the job log: what ran where
 # partial run. MPI_S2_REQUEUE=0 turns the requeue off (the job then ends, with the partial run kept).
 
 MPI_S2_STEP_SIGNAL=
-_mpi_s2_forward() {  # the batch shell got signal $1: pass it on to the launcher (once is enough)
+_mpi_s2_forward() {  # the batch shell got signal $1: pass it on to the ranks
   MPI_S2_STEP_SIGNAL=$1
-  echo "mpi_s2 job ${SLURM_JOB_ID:-?}: SIG$1 received: passed on to the launcher (pid $MPI_S2_STEP_PID)" >&2
+  echo "mpi_s2 job ${SLURM_JOB_ID:-?}: SIG$1 received: passed on to the ranks" >&2
+  # srun answers SIGTERM by killing its step (SIGKILL, no time to keep anything): Slurm signals the step's
+  # tasks instead (scancel --signal without --batch: every step, not the batch shell). mpirun passes it on itself.
+  if [ "$MPI_S2_STEP_LAUNCHER" = srun ] && scancel --signal="$1" "$SLURM_JOB_ID" 2>/dev/null; then
+    return 0
+  fi
   kill -s "$1" "$MPI_S2_STEP_PID" 2>/dev/null || true
 }
 
@@ -64,6 +69,7 @@ _mpi_s2_may_requeue() {  # the job is still running (not cancelled) and requeuea
 }
 
 run_step() {  # run_step LAUNCHER ARGS...: the launcher in the background, signals passed on; exits with its code
+  MPI_S2_STEP_LAUNCHER=$(basename "$1")
   "$@" &
   MPI_S2_STEP_PID=$!
   trap '_mpi_s2_forward TERM' TERM
