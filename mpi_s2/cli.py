@@ -111,6 +111,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _resume_mode(text: str) -> str:
+    """``--resume``'s optional value: only ``auto`` (a bare ``--resume`` keeps its meaning)."""
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected --resume or --resume=auto, got the value {text!r} (give "
+                                         f"PRODUCTs before --resume)")
+    return text
+
+
 def _creation_option(text: str) -> tuple[str, str]:
     """``--co``'s type: ``'KEY=VALUE'`` -> ``('KEY', 'VALUE')``; a bad one is a usage error (exit 2)."""
     try:
@@ -211,9 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write a small preview: valid pixels averaged, nodata transparent (PNG) or black")
     out.add_argument("--quicklook-size", type=_positive_int, default=1024, metavar="N",
                      help="longest side of the preview at most N pixels (default 1024)")
-    out.add_argument("--resume", action="store_true",
+    out.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_mode, metavar="auto",
                      help="finish a run that was killed: same arguments; only the windows it had not durably "
-                          "written are computed (an error if inputs or parameters differ)")
+                          "written are computed (an error if inputs or parameters differ). --resume=auto (for "
+                          "job scripts that are requeued): resume a partial run if there is one, else start "
+                          "fresh; exit 0 at once if the output is already complete with the same inputs and "
+                          "options")
     compose.add_argument("--window", type=_positive_int, metavar="N",
                          help="window edge in pixels (default: the multiple of the block size closest to 1024)")
     compose.add_argument("--staging-dir", metavar="DIR",
@@ -299,7 +310,8 @@ def compose_config(args: argparse.Namespace):
         schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, backend=args.backend,
         keep_h5=args.keep_h5, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
-        creation_options=dict(args.co), overwrite=args.overwrite, resume=args.resume, report=args.report,
+        creation_options=dict(args.co), overwrite=args.overwrite, resume=args.resume is True,
+        resume_auto=args.resume == "auto", report=args.report,
         progress=not args.quiet, progress_file=args.progress_file,
     )
 

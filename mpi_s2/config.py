@@ -46,6 +46,9 @@ class ComposeConfig:
     backend: str = "writer"  # or "hdf5" (see mpi_s2.parallel.hdf5_backend)
     keep_h5: bool = False  # hdf5 backend: keep the HDF5 file after converting it
     resume: bool = False  # continue a killed run (see mpi_s2.output.tiff_assembly)
+    # --resume=auto: the planner decides: resume a partial run if there is one, else start fresh, or (output
+    # complete with the same fingerprint) nothing to do (see mpi_s2.planning.plan.decide_resume)
+    resume_auto: bool = False
     cog: bool = False  # a Cloud-Optimized GeoTIFF with internal overviews (see mpi_s2.output.coarse_levels)
     quicklook: str | None = None  # a .png or .jpg preview of the output (see mpi_s2.output.quicklook)
     quicklook_size: int = 1024

@@ -3,7 +3,9 @@
 ``MPI_S2_TEST_FAULT=RANK:K:fail`` raises an error on rank RANK after its K-th window; ``RANK:K:kill`` sends
 it SIGKILL (after half a second, so that what it sent has arrived and been journaled, as a real crash of a
 busy rank would find it); ``RANK:K:stall`` says so on stderr and sleeps, so that a test can signal a job
-caught in the middle. Unset, :func:`window_done` costs one dictionary lookup.
+caught in the middle. ``MPI_S2_TEST_FAULT_ATTEMPT=N`` restricts the fault to attempt N of a Slurm job that is
+requeued (``SLURM_RESTART_COUNT``, 0 or unset the first time). Unset, :func:`window_done` costs one dictionary
+lookup.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import time
 from mpi_s2.errors import MpiS2Error
 
 _SPEC = os.environ.get("MPI_S2_TEST_FAULT")
+if _SPEC and os.environ.get("MPI_S2_TEST_FAULT_ATTEMPT", os.environ.get("SLURM_RESTART_COUNT", "0")) != \
+        os.environ.get("SLURM_RESTART_COUNT", "0"):
+    _SPEC = None  # another attempt of the requeued job
 
 
 def window_done(rank: int, count: int) -> None:

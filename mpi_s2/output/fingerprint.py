@@ -3,10 +3,15 @@
 The fingerprint holds every input file (path, size, modification time), the output grid, the windows, the
 radiometry and every option that changes a pixel or a byte of the output. Options that do not (rank count,
 schedule, staging directory, progress, report) are left out: a run may resume with another rank count.
+
+A finished output keeps the fingerprint's digest (SHA-256 of its canonical JSON) in its GDAL metadata, in the
+domain ``MPI_S2`` (so the default domain is unchanged), so that ``--resume=auto`` can tell an output that is
+already complete with the same inputs and options.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -46,6 +51,25 @@ def run_fingerprint(files: list[str], output: OutputPlan, radiometry: list[list[
         "creation_options": dict(sorted(output.spec.creation_options.items())),
     }
     return json.loads(json.dumps(fingerprint))  # plain JSON types, as they read back from a file
+
+
+#: Where the finished output keeps the fingerprint's digest: GDAL metadata item FINGERPRINT in domain MPI_S2.
+DIGEST_DOMAIN, DIGEST_ITEM = "MPI_S2", "FINGERPRINT"
+
+
+def fingerprint_digest(fingerprint: dict[str, Any]) -> str:
+    """The SHA-256 of the fingerprint's canonical JSON (what a finished output keeps)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def stored_digest(path: str) -> str | None:
+    """The fingerprint digest a finished output keeps, or None (not an mpi_s2 output, or an older one)."""
+    gdal.UseExceptions()
+    try:
+        ds = gdal.Open(path)
+    except RuntimeError:
+        return None
+    return ds.GetMetadataItem(DIGEST_ITEM, DIGEST_DOMAIN) if ds is not None else None
 
 
 def first_difference(stored: Any, current: Any, where: str = "") -> str | None:

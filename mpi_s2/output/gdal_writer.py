@@ -15,6 +15,7 @@ from osgeo import gdal
 
 from mpi_s2 import __version__
 from mpi_s2.errors import OutputError
+from mpi_s2.output.fingerprint import DIGEST_DOMAIN, DIGEST_ITEM
 from mpi_s2.output.free_space import full_disk_error
 from mpi_s2.output.paths import partial_path, remove_partial
 from mpi_s2.output.plan import OutputSpec
@@ -46,6 +47,8 @@ class GeoTiffWriter:
         if spec.grid.crs_wkt:
             self._ds.SetProjection(spec.grid.crs_wkt)
         self._ds.SetMetadata({"TIFFTAG_SOFTWARE": f"mpi_s2 {__version__}", **dict(spec.metadata)})
+        if spec.fingerprint_digest:
+            self._ds.SetMetadataItem(DIGEST_ITEM, spec.fingerprint_digest, DIGEST_DOMAIN)
         interpretations = (gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand, gdal.GCI_AlphaBand)
         for i in range(spec.band_count):
             band = self._ds.GetRasterBand(i + 1)

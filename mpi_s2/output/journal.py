@@ -12,6 +12,11 @@ outputs, so windows are committed in groups, at most every :data:`COMMIT_INTERVA
 (``MPI_S2_COMMIT_INTERVAL`` overrides it; a crash loses at most that much work), and by a background thread:
 the writer keeps placing tiles meanwhile (``fdatasync`` releases the GIL). The finished file is not synced
 (as GDAL does not sync it either). A torn last line (the crash came while appending) is ignored.
+
+A stop (SIGTERM, SIGINT, SIGHUP) must not lose the windows placed since the last group commit: the signal
+watcher (:mod:`mpi_s2.parallel.termination`) calls :meth:`Journal.commit_now` from its own thread, which waits
+for a commit in flight, then syncs and journals everything recorded so far. Records are taken and commits
+serialised under locks, so the writer's thread may go on recording meanwhile.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class Journal:
         self.interval = commit_interval()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._records_lock = threading.Lock()  # _pending: appended by the writer, taken by a commit
+        self._commit_lock = threading.Lock()  # one commit at a time (group commit, or a stop's commit_now)
 
     @classmethod
     def create(cls, path: str, fingerprint: dict[str, Any], data_start: int) -> Journal:
@@ -75,7 +82,14 @@ class Journal:
 
     def record(self, window: int, tiles: list[list[int]]) -> None:
         """``window``'s tiles are written (not yet synced): journal them at the next commit."""
-        self._pending.append(json.dumps({"w": window, "t": tiles}, separators=(",", ":")))
+        line = json.dumps({"w": window, "t": tiles}, separators=(",", ":"))
+        with self._records_lock:
+            self._pending.append(line)
+
+    def _take(self) -> list[str]:
+        with self._records_lock:
+            lines, self._pending = self._pending, []
+        return lines
 
     def maybe_commit(self, sync_data: Callable[[], None]) -> None:
         """Commit the pending windows in the background if the interval has passed and none is in flight."""
@@ -84,7 +98,7 @@ class Journal:
             return
         if self._thread is not None and self._thread.is_alive():
             return
-        lines, self._pending = self._pending, []
+        lines = self._take()
         self._last_commit = time.monotonic()
         if self.interval <= 0:  # tests: every window at once, in this thread
             self._commit(sync_data, lines)
@@ -100,10 +114,23 @@ class Journal:
 
     def _commit(self, sync_data: Callable[[], None], lines: list[str]) -> None:
         """Sync the data, then append and sync ``lines``."""
-        sync_data()
-        self._fh.write("\n".join(lines) + "\n")
-        self._fh.flush()
-        os.fdatasync(self._fh.fileno())
+        with self._commit_lock:
+            if self._fh.closed:
+                return
+            sync_data()
+            self._fh.write("\n".join(lines) + "\n")
+            self._fh.flush()
+            os.fdatasync(self._fh.fileno())
+
+    def commit_now(self, sync_data: Callable[[], None]) -> int:
+        """Commit every window recorded so far, now, in the calling thread (a stop: the signal watcher).
+
+        Waits for a group commit in flight (the commit lock), then syncs the data and journals the rest. Returns
+        the number of windows journalled by this call."""
+        lines = self._take()
+        if lines:
+            self._commit(sync_data, lines)
+        return len(lines)
 
     def _raise_background_error(self) -> None:
         if self._error is not None:
@@ -121,8 +148,9 @@ class Journal:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._fh is not None and not self._fh.closed:
-            self._fh.close()
+        with self._commit_lock:
+            if self._fh is not None and not self._fh.closed:
+                self._fh.close()
 
 
 def _parse(path: str) -> tuple[dict[str, Any], list[Record], int]:

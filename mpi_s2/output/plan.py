@@ -33,6 +33,8 @@ class OutputSpec:
     band_count: int  # 3 (RGB) or 4 (RGBA)
     creation_options: Mapping[str, str]
     metadata: Mapping[str, str]
+    # the run's fingerprint digest, kept in the GDAL metadata domain MPI_S2 (see mpi_s2.output.fingerprint)
+    fingerprint_digest: str | None = None
 
 
 @dataclass(frozen=True)

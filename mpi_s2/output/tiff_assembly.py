@@ -16,7 +16,9 @@ reads the result as it reads its own. Tiles no window covers stay sparse (offset
 
 With a ``fingerprint`` the run keeps a journal (:mod:`mpi_s2.output.journal`) of windows whose tiles are
 durably written; ``resume=True`` reopens a killed run's files, checks the fingerprint, drops bytes the journal
-does not vouch for, and reports the windows already done in :attr:`TiffAssembler.done`.
+does not vouch for, and reports the windows already done in :attr:`TiffAssembler.done`. On a stop,
+:meth:`TiffAssembler.commit_placed` (called by the signal watcher's thread) syncs and journals every window
+placed so far, so that ``--resume`` reuses them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
@@ -34,7 +37,7 @@ from osgeo import gdal
 from mpi_s2 import __version__
 from mpi_s2.errors import OutputError
 from mpi_s2.output.coarse_levels import CoarseLevels
-from mpi_s2.output.fingerprint import describe_mismatch
+from mpi_s2.output.fingerprint import DIGEST_DOMAIN, DIGEST_ITEM, describe_mismatch
 from mpi_s2.output.journal import Journal
 from mpi_s2.output.overviews import coarse_strips, level_size
 from mpi_s2.output.paths import partial_path, remove_partial, spool_path
@@ -63,6 +66,8 @@ def geotiff_template(spec: OutputSpec) -> dict:
     if spec.grid.crs_wkt:
         ds.SetProjection(spec.grid.crs_wkt)
     ds.SetMetadata(dict(spec.metadata))
+    if spec.fingerprint_digest:
+        ds.SetMetadataItem(DIGEST_ITEM, spec.fingerprint_digest, DIGEST_DOMAIN)
     for i in range(spec.band_count):
         band = ds.GetRasterBand(i + 1)
         band.SetColorInterpretation(_INTERPRETATIONS[i])
@@ -132,6 +137,7 @@ class TiffAssembler:
         self._journal: Journal | None = None
         self._data: BinaryIO | None = None
         self._coarse: CoarseLevels | None = None
+        self._lock = threading.Lock()  # a window is placed whole before a stop's commit looks at it
         if resume:
             self._resume(fingerprint)
         else:
@@ -193,20 +199,37 @@ class TiffAssembler:
     # -- arriving tiles ------------------------------------------------------------------------------------
     def add(self, window_index: int, entries: list[TileEntry]) -> None:
         """A window's tiles and shares; journaled (group commit) once durably written."""
-        tiles = []
-        for level, number, data in entries:
-            if number == RAW_PIECE:
-                assert self._coarse is not None
-                self._coarse.place(level, self.windows[window_index], data)
-            else:
-                tiles.append([level, number, *self.add_tile(level, number, data)])
-        self.done.add(window_index)
+        with self._lock:
+            tiles = []
+            for level, number, data in entries:
+                if number == RAW_PIECE:
+                    assert self._coarse is not None
+                    self._coarse.place(level, self.windows[window_index], data)
+                else:
+                    tiles.append([level, number, *self.add_tile(level, number, data)])
+            self.done.add(window_index)
+            if self._journal is not None:
+                self._journal.record(window_index, tiles)
         if self._journal is not None:
-            self._journal.record(window_index, tiles)
             try:
                 self._journal.maybe_commit(self._sync)
             except OSError as exc:
                 raise _fail(self.spec, exc) from None
+
+    def commit_placed(self, timeout: float = 0.25) -> int:
+        """A stop: sync and journal every window placed so far, now (any thread; thread-safe).
+
+        Waits up to ``timeout`` seconds for a window being placed to be placed whole (it then counts too);
+        a window still being placed after that is left out, as the journal only names windows placed whole.
+        Returns the number of windows this call journalled."""
+        if self._journal is None:
+            return 0
+        locked = self._lock.acquire(timeout=timeout)
+        try:
+            return self._journal.commit_now(self._sync)
+        finally:
+            if locked:
+                self._lock.release()
 
     def _opened(self) -> BinaryIO:
         """The data file (open from the constructor until the end)."""
@@ -230,7 +253,15 @@ class TiffAssembler:
 
     def _sync(self) -> None:
         """Make what the journal is about to name durable (the journal's thread; appends go on meanwhile)."""
-        os.fdatasync(self._opened().fileno())
+        data = self._opened()
+        if data.closed:  # a stop while the file is being finished: sync it by its name
+            fd = os.open(self._data_path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        else:
+            os.fdatasync(data.fileno())
         if self._coarse is not None:
             self._coarse.flush()
 

@@ -1,9 +1,21 @@
 """The HDF5 backend's collective rounds: every worker writes its windows of a round into one parallel-HDF5
 file with collective MPI-IO calls, and the windows' status is committed in groups (the file's format is
-:mod:`mpi_s2.output.hdf5_store`)."""
+:mod:`mpi_s2.output.hdf5_store`).
+
+A stop (SIGTERM, SIGINT, SIGHUP) comes while workers are inside collective calls, where nothing collective can
+be added. So each worker's signal watcher marks, on its own, the windows *it* wrote in rounds every worker has
+finished (:meth:`CollectiveWindowWriter.mark_written_on_stop`): it syncs the file (``fdatasync``: the data of
+those rounds, which the collective writes have put in the file, is then on disk), then writes 1 into
+``/window_status`` at those windows' bytes with ``pwrite`` (the dataset is contiguous and allocated when the
+file is created, so its bytes have a fixed offset), and syncs again. No HDF5 call is made from that thread. A
+round counts as finished by every worker once the barrier after its writes has passed: an aggregator of
+collective MPI-IO may write another rank's data after that rank's own call has returned.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import numpy as np
@@ -57,6 +69,11 @@ class CollectiveWindowWriter:
         self.interval = commit_interval()
         self._last_commit = time.monotonic()
         self._unflushed: list[int] = []
+        self.path = path
+        offset = self.status.id.get_offset()  # contiguous, allocated: fixed bytes, one per window
+        self._status_offset = int(offset) if offset is not None else None
+        self._finished: list[int] = []  # this rank's windows of rounds every worker has finished, not committed
+        self._finished_lock = threading.Lock()
 
     def write_round(self, windows: list[tuple[int, Window, np.ndarray]]) -> bool:
         """Write this rank's ``(index, window, block)`` of the round; False once no rank has anything left."""
@@ -74,6 +91,9 @@ class CollectiveWindowWriter:
             else:
                 collective_write(self.h5py, self.rgb, self.dxpl, None, None)
         self._unflushed += [index for index, _, _ in windows]
+        self.comm.Barrier()  # every rank's (and so every aggregator's) writes of this round are in the file
+        with self._finished_lock:
+            self._finished += [index for index, _, _ in windows]
         if commit:
             self._commit()
         return True
@@ -91,7 +111,26 @@ class CollectiveWindowWriter:
             collective_write(self.h5py, self.status, self.dxpl, None, None)
         self.file.flush()
         self._unflushed = []
+        with self._finished_lock:
+            self._finished = []
         self._last_commit = time.monotonic()
+
+    def mark_written_on_stop(self) -> int:
+        """A stop (the signal watcher's thread): mark this rank's windows of finished rounds written, outside
+        HDF5 and MPI: sync the file, ``pwrite`` their status bytes, sync again. Returns how many it marked."""
+        with self._finished_lock:
+            windows = sorted(self._finished)
+        if not windows or self._status_offset is None:
+            return 0
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.fdatasync(fd)  # the pixels first
+            for index in windows:
+                os.pwrite(fd, bytes([STATUS_WRITTEN]), self._status_offset + index)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        return len(windows)
 
     def close(self) -> None:
         self.file.close()

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from mpi_s2.config import ComposeConfig
 from mpi_s2.errors import CollectiveFailure, MpiS2Error
 from mpi_s2.inputs.bands import epsg_code
 from mpi_s2.inputs.block_counts import DecodeCounter, merge_counts
+from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.parallel import termination
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.hdf5_backend import compose_via_hdf5
@@ -99,6 +100,8 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
     preview: tuple[int, int] | None = None
     with config_options(rank_options(threads)):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
+        if plan.complete:
+            return _already_complete(plan, run, comm.size) if roles.is_planner else None
         if roles.is_planner:
             log_likely_mistakes(config, plan, len(roles.worker_ranks))
         if run.writes:
@@ -111,6 +114,7 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
         forget_cleanup = termination.on_signal(on_signal_cleanup(plan, roles.is_writer, first_worker,
                                                                  writer or ("", 0)))
         progress: Progress | None = None
+        forget_commit: list[Callable[[], None]] = []  # the writer's commit on a stop, once it has an assembler
 
         def open_progress(phases: Mapping[str, int]) -> Progress:
             """The writer rank's progress (shown unless -q, and in --progress-file); silent elsewhere."""
@@ -129,6 +133,8 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
                 assembler = open_output(comm, roles, plan.output)
                 if roles.is_writer:
                     forget_note(config.output)  # this attempt starts: its failure is noted again
+                if assembler is not None:  # a stop syncs and journals what is placed, then keeps the partial run
+                    forget_commit.append(termination.on_signal(lambda signum: commit_on_stop(assembler)))
                 todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
                 phases = {"staging": plan.work.stage_count(todo), "windows": len(todo)}
                 preview = write_output(comm, roles, plan.output, plan.work, worker, stats, open_progress(phases),
@@ -145,6 +151,8 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
         finally:
             if progress is not None:
                 progress.close()  # a run that stops short ends its progress file with its last counts
+            for forget in forget_commit:
+                forget()
             forget_cleanup()
     ranks = comm.gather(stats.finish(counter), root=PLANNER_RANK)
     if not roles.is_planner:
@@ -171,6 +179,23 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str,
     log.info("wrote %s (%d x %d, %s, %s) in %.1f s", config.output, plan.grid.width, plan.grid.height,
              plural(len(plan.windows), "window"), plural(comm.size, "rank"), wall)
     return report
+
+
+def _already_complete(plan: Plan, run: RunReport, size: int) -> dict[str, Any]:
+    """``--resume=auto`` and the output is complete with this run's fingerprint: one line, a report, exit 0."""
+    log.warning("%s is already complete, with the same inputs and options: nothing to do (--resume=auto)",
+                plan.config.output)
+    n = len(plan.windows)
+    return run.ok({"output": plan.config.output, "already_complete": True, "mpi_ranks": size, "windows": n,
+                   "windows_reused": n, "windows_computed": 0, "backend": plan.config.backend})
+
+
+def commit_on_stop(assembler: TiffAssembler) -> None:
+    """A signal ends the writer: sync and journal every window it has placed, so that --resume reuses them."""
+    start = time.perf_counter()
+    committed = assembler.commit_placed()
+    log.debug("on the stop: %s journalled in %.2f s (%d placed in all)", plural(committed, "window"),
+              time.perf_counter() - start, len(assembler.done))
 
 
 def _pixel_fractions(plan: Plan, todo: list[int], ranks: list[dict[str, Any]]) -> dict[str, Any] | None:

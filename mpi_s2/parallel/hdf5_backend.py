@@ -29,6 +29,7 @@ from mpi_s2 import faults
 from mpi_s2.errors import MpiS2Error, OutputError
 from mpi_s2.output.fingerprint import describe_mismatch
 from mpi_s2.output.hdf5_store import create_store, h5_path, read_attrs
+from mpi_s2.parallel import termination
 from mpi_s2.parallel.collective_rounds import CollectiveWindowWriter
 from mpi_s2.parallel.convert import convert_store
 from mpi_s2.parallel.leftovers import forget_note
@@ -106,14 +107,21 @@ def run_hdf5_worker(wcomm: MPI.Comm, plan: Plan, work: ItemWorker, first, feed: 
     buffers = [np.empty(bands * plan.output.max_pixels, dtype=np.uint8) for _ in range(ROUND_WINDOWS)]
     queue = deque(first)
     writer = CollectiveWindowWriter(wcomm, h5_path(plan.config.output), len(plan.windows))
-    # no try/finally: closing the file is collective, and a rank that failed must not wait in it for the others
-    # (the job is aborted; what the status marks written is on disk); alone, a worker closes it
+    # a stop marks this rank's windows of finished rounds written (outside HDF5 and MPI), so --resume reuses them
+    def mark_on_stop(signum: int) -> None:
+        writer.mark_written_on_stop()
+
+    forget_marks = termination.on_signal(mark_on_stop)
+    # no try/finally around the close: closing the file is collective, and a rank that failed must not wait in
+    # it for the others (the job is aborted; what the status marks written is on disk); alone, a worker closes it
     try:
         _write_rounds(wcomm, plan, work, feed, writer, queue, buffers, stats)
     except BaseException:
+        forget_marks()
         if wcomm.size == 1:
             writer.close_quietly()
         raise
+    forget_marks()
     writer.close()
 
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpi_s2.config import ComposeConfig
-from mpi_s2.errors import InputError
+from mpi_s2.errors import InputError, OutputError
 from mpi_s2.inputs.bands import Grid, inspect_mask
 from mpi_s2.inputs.block_counts import block_count
 from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.inputs.products import open_product
-from mpi_s2.output.fingerprint import run_fingerprint
+from mpi_s2.output.fingerprint import fingerprint_digest, run_fingerprint, stored_digest
 from mpi_s2.output.hdf5_store import h5_path
+from mpi_s2.output.paths import partial_run_exists
 from mpi_s2.output.plan import (
     OutputPlan,
     OutputRequest,
@@ -32,7 +33,7 @@ from mpi_s2.output.plan import (
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.planning.scheduling import WorkPlan
-from mpi_s2.planning.stage_plan import StagedFile, StageUnit, check_staging_parent, plan_staging
+from mpi_s2.planning.stage_plan import StagedFile, StageUnit, check_staging_parent, plan_staging, remove_staging
 from mpi_s2.windows import Window, intersection
 
 
@@ -48,6 +49,7 @@ class Plan:
     independent: tuple[bool, ...] = ()  # per window: reads no staged copy (may start before staging ends)
     blocks_total: tuple[int, ...] = ()  # per source: blocks of its band files (and SCL when masking)
     staging_directory: str | None = None  # where the staged copies are (removed at the end)
+    complete: bool = False  # --resume=auto: the output is already complete with this fingerprint; nothing to do
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -128,9 +130,32 @@ def check_paths(config: ComposeConfig, request: OutputRequest) -> None:
     check_staging_parent(config.output, config.staging_dir)
 
 
+def partial_run_of(config: ComposeConfig) -> bool:
+    """Whether a partial run of ``config``'s output is there for ``--resume`` (its journal, or its HDF5 file)."""
+    if config.backend == "hdf5":
+        return os.path.exists(h5_path(config.output))
+    return partial_run_exists(config.output)
+
+
+def decide_resume(config: ComposeConfig) -> tuple[ComposeConfig, bool]:
+    """``--resume=auto``: resume when a partial run is there, else start fresh. Returns the config with
+    ``resume`` decided, and whether a complete output is there (then its fingerprint decides, see
+    :func:`make_plan`). Other configs are returned as they are."""
+    if not config.resume_auto:
+        return config, False
+    return dataclasses.replace(config, resume=partial_run_of(config)), os.path.exists(config.output)
+
+
 def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
-    """Check everything that can be checked before any pixel is read, and plan the run."""
+    """Check everything that can be checked before any pixel is read, and plan the run.
+
+    With ``--resume=auto`` and a complete output in place, the output's stored fingerprint decides: the same as
+    this run's gives a plan that is :attr:`Plan.complete` (nothing to do); another is an error, unless
+    ``--overwrite``, which starts over (or resumes a partial run)."""
+    config, existing = decide_resume(config)
     request = output_request(config)
+    if existing:  # judged by its fingerprint once planned (below), not by its existence
+        request = dataclasses.replace(request, overwrite=True)
     check_paths(config, request)
     tiles = resolve_inputs(config)
     grid, placed, block_size = layout_mosaic(tiles, config.crs, config.resampling)
@@ -142,9 +167,30 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
                                                    single_node=single_node)
     copied = [s.placement for s, before in zip(sources, placed, strict=True) if s != before]
     independent = tuple(not any(intersection(w, p) for p in copied) for w in output.windows)
-    output = dataclasses.replace(output, fingerprint=_fingerprint(config, sources, output))
+    fingerprint = _fingerprint(config, sources, output)
+    digest = fingerprint_digest(fingerprint)
+    output = dataclasses.replace(output, fingerprint=fingerprint,
+                                 spec=dataclasses.replace(output.spec, fingerprint_digest=digest))
+    complete = existing and _complete_with(config, digest)
+    if complete:
+        remove_staging(staging)
+        staging = None
     return Plan(config, grid, tuple(sources), block_size, output, staged=tuple(staged), stage_units=tuple(units),
-                independent=independent, blocks_total=blocks_total, staging_directory=staging)
+                independent=independent, blocks_total=blocks_total, staging_directory=staging, complete=complete)
+
+
+def _complete_with(config: ComposeConfig, digest: str) -> bool:
+    """``--resume=auto`` found a complete output: True when it was made with this run's fingerprint; an error
+    when not, unless ``--overwrite`` (then False: this run replaces it)."""
+    stored = stored_digest(config.output)
+    if stored == digest:
+        return True
+    if config.overwrite:
+        return False
+    why = ("it keeps no mpi_s2 fingerprint (another program's file, or an older mpi_s2's)" if stored is None
+           else "it was made from other inputs or options (its fingerprint differs)")
+    raise OutputError(f"{config.output}: --resume=auto: the output is already there, but {why}; use --overwrite "
+                      f"to replace it, or another -o")
 
 
 def _metadata(config: ComposeConfig, sources: list[TileSource]) -> dict[str, str]:
