@@ -8,6 +8,7 @@ after K windows and sleeps), then signalled as Slurm or a user would.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -281,16 +282,18 @@ class Timeout(Exception):
 
 
 def fake_mpirun(mode: str, timeout: float = 4):
-    proc = subprocess.Popen([PYTHON, "-c", FAKE_MPIRUN, mode])
+    proc = subprocess.Popen([PYTHON, "-c", FAKE_MPIRUN, mode], start_new_session=True)
 
     def on_timeout(limit: float) -> None:
         raise Timeout(limit)
     try:
         return _finish_mpirun(proc, timeout, 1, on_timeout)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the fake rank too: nothing outlives the test
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def test_harness_returns_mpiruns_own_code_and_the_time_from_the_fault():
