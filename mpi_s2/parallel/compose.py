@@ -12,12 +12,13 @@ A one-rank job runs the same worker loop and hands work items and windows over d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,14 @@ from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.parallel import termination
 from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
 from mpi_s2.parallel.hdf5_backend import compose_via_hdf5
-from mpi_s2.parallel.leftovers import clean_up, disk_full, forget_note, on_signal_cleanup
+from mpi_s2.parallel.leftovers import (
+    WRITER_WAIT_S,
+    clean_up,
+    disk_full,
+    forget_note,
+    on_signal_cleanup,
+    wait_until_gone,
+)
 from mpi_s2.parallel.output_stage import open_output, write_output
 from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
@@ -84,19 +92,38 @@ def compose(config: ComposeConfig, comm: MPI.Comm) -> dict[str, Any] | None:
 
     Rank 0 writes the report (``--report``) whatever the outcome: ok, failed or stopped
     (:mod:`mpi_s2.parallel.run_report`)."""
-    with RunReport(config.report, comm.rank, comm.size) as run:
+    writer = comm.bcast((socket.gethostname(), os.getpid()), root=WRITER_RANK) if comm.size > 1 else None
+    with RunReport(config.report, comm.rank, comm.size) as run, _workers_outwait_the_writer(comm, writer):
         run.learn(output=config.output, backend=config.backend)
-        return _compose(config, comm, run)
+        return _compose(config, comm, run, writer)
 
 
-def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport) -> dict[str, Any] | None:
+@contextlib.contextmanager
+def _workers_outwait_the_writer(comm: MPI.Comm, writer: tuple[str, int] | None) -> Iterator[None]:
+    """While the job runs, a stopped worker (even one whose work is done) lets the writer finish its stop first:
+    mpirun ends every rank at once when one of them exits, which would cut the writer's journal, its note and the
+    report short."""
+    if writer is None or comm.rank == WRITER_RANK:
+        yield
+        return
+    def outwait(signum: int) -> None:
+        wait_until_gone(*writer, timeout=WRITER_WAIT_S)
+
+    forget = termination.on_signal(outwait)
+    try:
+        yield
+    finally:
+        forget()
+
+
+def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
+             writer: tuple[str, int] | None) -> dict[str, Any] | None:
     start = time.perf_counter()
     roles = Roles(comm.rank, comm.size)
     stats = RankStats(comm.rank, roles.describe())
     counter = DecodeCounter()
     threads, nodes = decoder_threads(comm, roles)
     stats.decoder_threads = threads
-    writer = comm.bcast((socket.gethostname(), os.getpid()), root=WRITER_RANK) if comm.size > 1 else None
     preview: tuple[int, int] | None = None
     with config_options(rank_options(threads)):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from mpi_s2.errors import InputError, OutputError, Stopped
 from mpi_s2.output.free_space import full_disk_error, is_full_disk_error
@@ -90,15 +91,39 @@ def process_gone(host: str, pid: int) -> bool:
         return False
 
 
+#: How long a stopped worker waits for the writer to finish its own stop (sync, journal, note, report) before it
+#: exits; on another node, where the writer's end cannot be seen, it waits :data:`REMOTE_WRITER_WAIT_S`.
+WRITER_WAIT_S = 5.0
+REMOTE_WRITER_WAIT_S = 1.0
+
+
+def wait_until_gone(host: str, pid: int, timeout: float) -> bool:
+    """Wait until process ``pid`` on ``host`` has ended, at most ``timeout`` seconds (on another host, which cannot
+    be watched from here, :data:`REMOTE_WRITER_WAIT_S` at most); True once it has."""
+    if host != socket.gethostname():
+        time.sleep(min(timeout, REMOTE_WRITER_WAIT_S))
+        return False
+    deadline = time.monotonic() + timeout
+    while not process_gone(host, pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def on_signal_cleanup(plan: Plan, is_writer: bool, first_worker: bool, writer: tuple[str, int]):
     """The cleanup :mod:`termination` runs if a signal ends this rank.
 
-    The writer cleans up; if the writer itself was killed (SIGKILL: it could not), the first worker, on the
-    writer's host, does it instead. Whoever keeps a partial run first says so, once (:func:`_first_to_say`).
+    The writer cleans up. A worker first lets the writer finish its stop: mpirun ends every rank at once when one
+    of them exits, so a worker that exited at once would kill the writer in the middle of journalling what it has
+    placed. If the writer itself was killed (SIGKILL: it could not clean up), the first worker, on the writer's
+    host, does it instead. Whoever keeps a partial run first says so, once (:func:`_first_to_say`).
     """
     def cleanup(signum: int) -> None:
         if is_writer:
             clean_up(plan, Stopped(signum))
-        elif first_worker and process_gone(*writer):  # killed before it could clean up (or it did: no-op)
+            return
+        gone = wait_until_gone(*writer, timeout=WRITER_WAIT_S)
+        if first_worker and gone:  # killed before it could clean up (or it did: no-op)
             clean_up(plan, Stopped(signum))
     return cleanup
