@@ -291,7 +291,9 @@ def test_scancel_then_resubmit_with_resume_auto_reuses_windows(cluster, scene, r
                                          "MPI_S2_TEST_FAULT=1:2:stall")
     assert cluster.run("scancel", job_id).returncode == 0
     assert wait_for_state(cluster, job_id, ("CANCELLED",), timeout=30) == "CANCELLED"
-    # under mpirun the ranks' last lines may not reach the log (mpirun itself is signalled): the journal says it
+    # Slurm records the job as cancelled before its processes are gone: the resubmitted job's planner waits
+    # until the stopped writer has let go of its journal (mpi_s2.output.run_lock). Under mpirun the ranks' last
+    # lines may not reach the log (mpirun itself is signalled): the journal says it
     deadline = time.monotonic() + 30
     while not (tmp_path / ".rgb.tif.partial.journal").exists():
         assert time.monotonic() < deadline, log.read_text()
@@ -301,10 +303,56 @@ def test_scancel_then_resubmit_with_resume_auto_reuses_windows(cluster, scene, r
     proc, text, state = cluster.sbatch("compose-mpirun.sbatch", *args, cwd=tmp_path)
     assert proc.returncode == 0 and state == "COMPLETED", text
     report = json.loads((tmp_path / "run.json").read_text())
-    assert report["windows_reused"] >= placed > 0 and report["windows_computed"] == WINDOWS - report["windows_reused"]
+    reused = report["windows_reused"]
+    assert reused >= placed > 0 and report["windows_computed"] == WINDOWS - reused, (reused, placed, log.read_text())
     check_composite(tmp_path / "rgb.tif", tmp_path / "run.json", scene, reference, valid, cluster)
     before = (tmp_path / "rgb.tif").stat().st_mtime_ns
     proc, text, state = cluster.sbatch("compose-mpirun.sbatch", *args, cwd=tmp_path)
     assert proc.returncode == 0 and state == "COMPLETED", text
     assert "is already complete, with the same inputs and options: nothing to do" in text, text
     assert (tmp_path / "rgb.tif").stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------------------ srun's exit codes, measured exactly
+TILES_256 = ["--window", "256", "--co", "BLOCKXSIZE=256", "--co", "BLOCKYSIZE=256"]
+SRUN_ENDS_S = 15  # docs/failures-and-resume.md: a job ends within 15 s of the fault
+
+
+@pytest.mark.parametrize("case, fault, code, cause", [
+    ("done", "", 0, None),
+    ("bad-input", "", 2, r"^mpi_s2: error: --max-reflectance must be a finite number > 0, got -1\.0$"),
+    ("corrupt-block", "", 2, r"^mpi_s2: error \(rank 1\): .*B03\.tif.*column 768, row 0"),
+    ("exception-worker", "1:3:fail", 1, r"^mpi_s2: error \(rank 1\): test fault: rank 1 fails after 3 windows"),
+    ("exception-writer", "0:3:fail", 1, r"^mpi_s2: error \(rank 0\): test fault: rank 0 fails after 3 windows"),
+    ("SIGKILL-worker", "1:3:kill", 137, r"srun: error: node\d: task 1: Killed"),
+    ("SIGKILL-writer", "0:3:kill", 137, r"srun: error: node1: task 0: Killed"),
+])
+def test_srun_exit_codes(cluster, scene, tmp_path, case, fault, code, cause):
+    """`srun -n N python -m mpi_s2 compose` as a user types it in an allocation: srun's own exit code for each way
+    a run ends (the srun column of the table in docs/failures-and-resume.md), within 15 s, one error line, and
+    nothing under the output's name."""
+    from test_compose_processes import corrupt_tile
+
+    inputs = dict(scene)
+    if case == "corrupt-block":  # worker 1's window (static schedule), decoded by that worker: MPI_Abort(2)
+        inputs["green"] = str(tmp_path / "B03.tif")
+        shutil.copy(scene["green"], inputs["green"])
+        corrupt_tile(inputs["green"], 3, 0)
+    out = tmp_path / "rgb.tif"
+    args = [*band_args(inputs), "-o", str(out), *TILES_256, "-q", "--schedule", "static"]
+    if case == "bad-input":
+        args.append("--max-reflectance=-1")
+    start = time.monotonic()
+    proc = cluster.run("srun", *cluster.layout, "--mpi=pmix", f"--export=ALL,MPI_S2_TEST_FAULT={fault}",
+                       str(REPO / ".venv" / "bin" / "python"), "-m", "mpi_s2", "compose", *args, cwd=tmp_path)
+    elapsed = time.monotonic() - start
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == code, (proc.returncode, text)
+    if code == 0:
+        assert out.exists() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+        return
+    assert elapsed < 5 + SRUN_ENDS_S, (elapsed, text)  # srun's start (about 1-2 s) and the fault's window
+    assert re.search(cause, text, re.MULTILINE), text
+    errors = [line for line in text.splitlines() if line.startswith("mpi_s2: error")]
+    assert len(errors) == (0 if "kill" in fault else 1), text
+    assert not out.exists()

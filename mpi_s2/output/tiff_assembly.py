@@ -192,7 +192,7 @@ class TiffAssembler:
             self._data = open(self._data_path, "r+b")
             self._data.truncate(end)  # bytes of windows the journal does not vouch for
             self._end = self._data.seek(end)
-            self._journal = Journal.reopen(self._journal_path, stored)
+            self._journal = Journal.reopen(self._journal_path, stored, self._sync)
         except OSError as exc:
             raise OutputError(f"{where}: cannot reopen the partial run: {exc.strerror or exc}") from None
 
@@ -217,19 +217,24 @@ class TiffAssembler:
                 raise _fail(self.spec, exc) from None
 
     def commit_placed(self, timeout: float = 0.25) -> int:
-        """A stop: sync and journal every window placed so far, now (any thread; thread-safe).
+        """A stop, step 1: journal every window placed so far, now, without a sync (any thread; thread-safe).
 
         Waits up to ``timeout`` seconds for a window being placed to be placed whole (it then counts too);
         a window still being placed after that is left out, as the journal only names windows placed whole.
-        Returns the number of windows this call journalled."""
+        Returns the number of windows this call journalled. :meth:`sync_placed` makes them durable."""
         if self._journal is None:
             return 0
         locked = self._lock.acquire(timeout=timeout)
         try:
-            return self._journal.commit_now(self._sync)
+            return self._journal.stop_record()
         finally:
             if locked:
                 self._lock.release()
+
+    def sync_placed(self) -> None:
+        """A stop, step 2 (the stopped writer's last step): sync what :meth:`commit_placed` journalled."""
+        if self._journal is not None:
+            self._journal.stop_sync(self._sync)
 
     def _opened(self) -> BinaryIO:
         """The data file (open from the constructor until the end)."""

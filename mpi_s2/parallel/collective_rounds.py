@@ -22,6 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpi_s2.errors import OutputError
+from mpi_s2.output import run_lock
 from mpi_s2.output.hdf5_store import STATUS_WRITTEN, load_h5py
 from mpi_s2.output.journal import commit_interval
 from mpi_s2.windows import Window
@@ -60,6 +61,8 @@ class CollectiveWindowWriter:
             self.file = self.h5py.File(path, "r+", driver="mpio", comm=comm)
         except OSError as exc:
             raise OutputError(f"{path}: cannot open the HDF5 file for parallel writing: {exc}") from None
+        self._lock_fd = os.open(path, os.O_RDONLY)  # the next run waits until every worker let go of the file
+        run_lock.hold(self._lock_fd, path, shared=True)
         self.rgb = self.file["rgb"]
         self.status = self.file["window_status"]
         self.dxpl = self.h5py.h5p.create(self.h5py.h5p.DATASET_XFER)
@@ -134,6 +137,12 @@ class CollectiveWindowWriter:
 
     def close(self) -> None:
         self.file.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def close_quietly(self) -> None:
         """After a failed write, alone in the file: drop every handle so that nothing complains at exit."""
@@ -143,5 +152,6 @@ class CollectiveWindowWriter:
             self.file.close()
         except Exception:  # noqa: BLE001 - the failure being reported is the write's, not this one
             pass
+        self._release()
 
 

@@ -160,8 +160,10 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
                 assembler = open_output(comm, roles, plan.output)
                 if roles.is_writer:
                     forget_note(config.output)  # this attempt starts: its failure is noted again
-                if assembler is not None:  # a stop syncs and journals what is placed, then keeps the partial run
+                if assembler is not None:  # a stop journals what is placed at once, keeps the partial run, and
+                    # syncs last (mpirun's SIGKILL may cut that: the page cache keeps what was written)
                     forget_commit.append(termination.on_signal(lambda signum: commit_on_stop(assembler)))
+                    forget_commit.append(termination.on_signal(lambda signum: assembler.sync_placed(), last=True))
                 todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
                 phases = {"staging": plan.work.stage_count(todo), "windows": len(todo)}
                 preview = write_output(comm, roles, plan.output, plan.work, worker, stats, open_progress(phases),
@@ -221,8 +223,8 @@ def commit_on_stop(assembler: TiffAssembler) -> None:
     """A signal ends the writer: sync and journal every window it has placed, so that --resume reuses them."""
     start = time.perf_counter()
     committed = assembler.commit_placed()
-    log.debug("on the stop: %s journalled in %.2f s (%d placed in all)", plural(committed, "window"),
-              time.perf_counter() - start, len(assembler.done))
+    log.debug("on the stop: %s journalled in %.3f s, to be synced last (%d placed in all)",
+              plural(committed, "window"), time.perf_counter() - start, len(assembler.done))
 
 
 def _pixel_fractions(plan: Plan, todo: list[int], ranks: list[dict[str, Any]]) -> dict[str, Any] | None:

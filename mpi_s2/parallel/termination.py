@@ -73,10 +73,14 @@ class Termination:
         os.close(self._write_fd)  # the watcher reads EOF and ends
         self._read_fd = self._write_fd = -1
 
-    def add_cleanup(self, cleanup: Cleanup) -> None:
-        """Run ``cleanup(signum)`` if a signal ends this rank (most recent first)."""
+    def add_cleanup(self, cleanup: Cleanup, last: bool = False) -> None:
+        """Run ``cleanup(signum)`` if a signal ends this rank (most recent first; ``last``: after every other
+        cleanup, in the order added: slow steps, such as syncing, that the launcher may cut short)."""
         with self._lock:
-            self._cleanups.insert(0, cleanup)
+            if last:
+                self._cleanups.append(cleanup)
+            else:
+                self._cleanups.insert(0, cleanup)
 
     def remove_cleanup(self, cleanup: Cleanup) -> None:
         with self._lock:
@@ -100,8 +104,7 @@ class Termination:
     def _terminate(self, signum: int) -> None:
         with self._lock:  # never released: the process ends here
             if self.report:
-                self.stream.write(stopped_line(self.rank, signum) + "\n")
-                self.stream.flush()
+                _say(self.stream, stopped_line(self.rank, signum))
             for cleanup in self._cleanups:
                 try:
                     cleanup(signum)
@@ -109,8 +112,19 @@ class Termination:
                     log.warning("cleanup after %s failed: %s", signal.Signals(signum).name, exc)
             for handler in logging.getLogger().handlers + log.handlers:
                 handler.flush()
-            self.stream.flush()
+            _say(self.stream, "")
             os._exit(128 + signum)
+
+
+def _say(stream, line: str) -> None:
+    """Write ``line`` (nothing: just flush) where the launcher may already have stopped reading: a closed pipe
+    must not keep the cleanups from running."""
+    try:
+        if line:
+            stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _wake_only(signum, frame) -> None:
@@ -131,10 +145,10 @@ def uninstall() -> None:
     _active = None
 
 
-def on_signal(cleanup: Cleanup) -> Callable[[], None]:
+def on_signal(cleanup: Cleanup, last: bool = False) -> Callable[[], None]:
     """Register ``cleanup`` with the active handling (if any); return the function that unregisters it."""
     active = _active
     if active is None:
         return lambda: None
-    active.add_cleanup(cleanup)
+    active.add_cleanup(cleanup, last)
     return lambda: active.remove_cleanup(cleanup)

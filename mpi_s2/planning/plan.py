@@ -21,7 +21,7 @@ from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.fingerprint import fingerprint_digest, run_fingerprint, stored_digest
 from mpi_s2.output.hdf5_store import h5_path
-from mpi_s2.output.paths import partial_run_exists
+from mpi_s2.output.paths import spool_path
 from mpi_s2.output.plan import (
     OutputPlan,
     OutputRequest,
@@ -30,6 +30,7 @@ from mpi_s2.output.plan import (
     check_written_paths,
     plan_output,
 )
+from mpi_s2.output.run_lock import wait_until_free
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.planning.scheduling import WorkPlan
@@ -132,9 +133,12 @@ def check_paths(config: ComposeConfig, request: OutputRequest) -> None:
 
 def partial_run_of(config: ComposeConfig) -> bool:
     """Whether a partial run of ``config``'s output is there for ``--resume`` (its journal, or its HDF5 file)."""
-    if config.backend == "hdf5":
-        return os.path.exists(h5_path(config.output))
-    return partial_run_exists(config.output)
+    return os.path.exists(_resume_key(config))
+
+
+def _resume_key(config: ComposeConfig) -> str:
+    """The file a resume starts from, which a live run holds locked (:mod:`mpi_s2.output.run_lock`)."""
+    return h5_path(config.output) if config.backend == "hdf5" else spool_path(config.output, "journal")
 
 
 def decide_resume(config: ComposeConfig) -> tuple[ComposeConfig, bool]:
@@ -152,6 +156,7 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     With ``--resume=auto`` and a complete output in place, the output's stored fingerprint decides: the same as
     this run's gives a plan that is :attr:`Plan.complete` (nothing to do); another is an error, unless
     ``--overwrite``, which starts over (or resumes a partial run)."""
+    wait_until_free(_resume_key(config), config.output)  # a stopped run may still be committing its work
     config, existing = decide_resume(config)
     request = output_request(config)
     if existing:  # judged by its fingerprint once planned (below), not by its existence
