@@ -284,6 +284,35 @@ def test_time_limit_warning_requeues_the_job_and_it_resumes(cluster, scene, refe
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("cluster", [1], indirect=True, ids=["one-node"])  # about 3 minutes: one layout
+def test_a_real_time_limit_requeues_the_job_and_slurm_runs_the_next_attempt(cluster, scene, reference, valid,
+                                                                            tmp_path):
+    """The whole path with nothing simulated: a job with `--time=1 --signal=B:TERM@40` stalls (worker 1, first
+    attempt only); Slurm itself sends the warning, the script stops mpi_s2 (the writer journals what it placed)
+    and requeues the job; Slurm holds the requeued attempt back (about 2 minutes here) and then runs it, and
+    that attempt (the same command, --resume=auto) reuses the windows and ends COMPLETED with the reference's
+    pixels, in the same log."""
+    log = tmp_path / "job.out"
+    submitted = cluster.run("sbatch", "--parsable", "-o", str(log), *cluster.layout, "--time=1",
+                            "--signal=B:TERM@40", "--export=ALL,MPI_S2_PROGRESS_DELAY_S=0,MPI_S2_TEST_FAULT=1:2:stall,"
+                            "MPI_S2_TEST_FAULT_ATTEMPT=0", str(REPO / "jobs" / "compose.sbatch"),
+                            *compose_args(scene, tmp_path), cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    wait_for_log(log, "stalls after 2 windows")
+    placed = wait_until_placed(log)
+    states = wait_for_state(cluster, job_id, ("COMPLETED",), timeout=JOB_TIMEOUT)
+    text = log.read_text()
+    assert "SIGTERM received: passed on to the ranks" in text and "requeued; the next attempt resumes" in text, text
+    assert "mpi_s2: stopped (rank 0): SIGTERM" in text and text.count("the partial run is kept beside") == 1, text
+    assert states.split(",")[-1] == "COMPLETED" and len(states.split(",")) == 2, states  # two attempts, one job
+    report = json.loads((tmp_path / "run.json").read_text())
+    reused = report["windows_reused"]
+    assert reused >= placed > 0 and report["windows_computed"] == WINDOWS - reused, (reused, placed, text)
+    check_composite(tmp_path / "rgb.tif", tmp_path / "run.json", scene, reference, valid, cluster)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_scancel_then_resubmit_with_resume_auto_reuses_windows(cluster, scene, reference, valid, tmp_path):
     """scancel ends the job (CANCELLED, no requeue); the same submission again resumes (--resume=auto, which the
     job script adds), through mpirun this time; a third submission finds the output complete and ends at once."""
