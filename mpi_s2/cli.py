@@ -6,6 +6,7 @@ MPI is imported only by ``compose``, so ``synth`` and ``--help`` work without a 
 from __future__ import annotations
 
 import argparse
+import datetime
 import difflib
 import logging
 import shlex
@@ -17,7 +18,9 @@ from mpi_s2 import __version__
 from mpi_s2.config import DEFAULT_MASK_CLASSES
 from mpi_s2.errors import InputError, MpiS2Error
 from mpi_s2.output.profiles import parse_creation_option
+from mpi_s2.pixels.composite import COMPOSITES
 from mpi_s2.planning.mosaic import RESAMPLING
+from mpi_s2.planning.observations import ORDERS
 from mpi_s2.planning.scheduling import SCHEDULES
 
 COMPOSE_EXAMPLE = """\
@@ -167,6 +170,38 @@ def _output_options() -> _Parser:
     return shared
 
 
+def _date(text: str, option: str) -> str:
+    """An ISO date (YYYY-MM-DD), as given."""
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{option}: {text!r} is not a date (YYYY-MM-DD)") from None
+    return text
+
+
+def _date_range(text: str) -> tuple[str, str]:
+    start, sep, end = text.partition("/")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FROM/TO (e.g. 2023-06-01/2023-08-31)")
+    try:
+        first, last = datetime.date.fromisoformat(start), datetime.date.fromisoformat(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: FROM and TO must be dates (YYYY-MM-DD)") from None
+    if last < first:
+        raise argparse.ArgumentTypeError(f"{text!r}: TO is before FROM")
+    return start, end
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentage from 0 to 100")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mpi-s2", description="MPI-parallel Sentinel-2 true-colour GeoTIFFs.")
     parser.add_argument("--version", action="version", version=f"mpi_s2 {__version__}")
@@ -212,6 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       "another CRS are reprojected")
     select.add_argument("--resampling", default="near", choices=RESAMPLING,
                         help="resampling of reprojected inputs (default near: digital numbers stay exact)")
+    series = compose.add_argument_group("dates: cloud-free composites from a season of acquisitions")
+    series.add_argument("--composite", choices=COMPOSITES, default="first",
+                        help="first (default): the first valid observation in --order; median: per band the "
+                             "median of the valid observations (DN + offset); medoid: the valid observation "
+                             "nearest to the medians (all three bands from one date)")
+    series.add_argument("--order", choices=ORDERS, default="given",
+                        help="order of the inputs: given (default), cloud-cover (least cloudy first: product "
+                             "metadata, or the masked fraction of a band set's --scl), date, date-desc")
+    series.add_argument("--dates", type=_date_range, metavar="FROM/TO",
+                        help="only products acquired from FROM to TO (ISO dates, inclusive)")
+    series.add_argument("--max-cloud-cover", type=_percent, metavar="P",
+                        help="only products whose metadata's cloud cover is at most P %%")
+    bands.add_argument("--date", action="append", default=[], metavar="YYYY-MM-DD",
+                       help="acquisition date of the band set (once per set, for --order date and --dates)")
     out = _group(compose, "output")  # with the shared -o, --co, --cog, --overwrite, --report, --progress-file
     out.add_argument("--no-alpha", action="store_true",
                      help="write 3 bands; valid pixels are >= 1 so that 0 means nodata (like ESA's TCI)")
@@ -264,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--height", type=_positive_int, help="height in pixels (default: --size)")
     synth.add_argument("--block", type=_positive_int, default=512, help="tile size (default 512)")
     synth.add_argument("--compress", default="NONE", help="GeoTIFF compression (default NONE)")
+    synth.add_argument("--series", type=_positive_int, metavar="DATES",
+                       help="write a time series of DATES L2A products of one tile (every 5 days from 2023-06-01, "
+                            "baselines 02.14 and 05.09 in turn, moving clouds, shadows and cirrus with their SCL "
+                            "and cloud cover), for --composite median|medoid")
     product = synth.add_argument_group("SAFE product (instead of band files)")
     product.add_argument("--product", action="store_true",
                          help="write an L2A product in SAFE layout: JPEG 2000 bands at 10/20/60 m, SCL, metadata")
@@ -295,8 +348,12 @@ def compose_config(args: argparse.Namespace):
         raise InputError(f"--scl must be given once per band set ({len(args.red)}), got {len(args.scl)}")
     if not args.products and not args.red:
         raise InputError("no input: give one or more products (.SAFE or .zip) or --red/--green/--blue files")
+    if args.date and len(args.date) != len(args.red):
+        raise InputError(f"--date must be given once per band set ({len(args.red)}), got {len(args.date)}")
     scls = args.scl or [None] * len(args.red)
-    band_sets = tuple(BandFiles(r, g, b, s) for r, g, b, s in zip(args.red, args.green, args.blue, scls, strict=True))
+    dates: list[str | None] = [_date(d, "--date") for d in args.date] or [None] * len(args.red)
+    band_sets = tuple(BandFiles(r, g, b, s, d)
+                      for r, g, b, s, d in zip(args.red, args.green, args.blue, scls, dates, strict=True))
     # validates the stretch options once, before any MPI work
     Stretch(offset=args.offset or 0.0, scale=args.scale or 10000.0, max_reflectance=args.max_reflectance,
             gamma=args.gamma)
@@ -306,7 +363,8 @@ def compose_config(args: argparse.Namespace):
         output=args.output, products=tuple(args.products), band_sets=band_sets, offset=args.offset,
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
         cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
-        crs=args.crs, resampling=args.resampling, alpha=not args.no_alpha, window=args.window,
+        crs=args.crs, resampling=args.resampling, composite=args.composite, order=args.order, dates=args.dates,
+        max_cloud_cover=args.max_cloud_cover, alpha=not args.no_alpha, window=args.window,
         schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, backend=args.backend,
         keep_h5=args.keep_h5, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
@@ -339,7 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "synth":
             from mpi_s2.tools.synth import ProductOptions, SynthOptions, synthesize, synthesize_product
 
-            if args.product or args.zip:
+            if args.series:
+                from mpi_s2.tools.synth import SeriesOptions, synthesize_series
+
+                series = synthesize_series(args.outdir, SeriesOptions(dates=args.series, size=args.size,
+                                                                      jp2_block=args.jp2_block, zip=args.zip))
+                written = series.products
+            elif args.product or args.zip:
                 options = ProductOptions(args.size, args.height, args.tile, args.epsg, tuple(args.origin),
                                          args.baseline, jp2_block=args.jp2_block, zip=args.zip,
                                          orbit_edge=args.orbit_edge)

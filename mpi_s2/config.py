@@ -19,6 +19,7 @@ class BandFiles:
     green: str
     blue: str
     scl: str | None = None
+    date: str | None = None  # --date: when it was acquired (ISO date), for --order date and --dates
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -39,6 +40,10 @@ class ComposeConfig:
     mask_classes: tuple[int, ...] = DEFAULT_MASK_CLASSES
     crs: str | None = None
     resampling: str = "near"
+    composite: str = "first"  # or "median", "medoid" over the observations of a pixel (mpi_s2.pixels.composite)
+    order: str = "given"  # or "cloud-cover", "date", "date-desc" (mpi_s2.planning.observations)
+    dates: tuple[str, str] | None = None  # --dates FROM/TO (ISO dates, inclusive)
+    max_cloud_cover: float | None = None  # --max-cloud-cover P (percent)
     alpha: bool = True
     window: int | None = None
     schedule: str = "dynamic"  # or "static" (see mpi_s2.planning.scheduling)

@@ -31,3 +31,23 @@ def invalid_class_lut(classes: tuple[int, ...]) -> np.ndarray:
     lut = np.zeros(256, dtype=bool)
     lut[list(classes)] = True
     return lut
+
+
+def masked_fraction(scl_path: str, classes: tuple[int, ...], max_side: int = 1024) -> float | None:
+    """The fraction of the pixels with data (class not 0) that are in ``classes``, from the classification at
+    ``scl_path`` read at most ``max_side`` pixels across (nearest: a sample, enough to order inputs); None
+    when it has no data at all. Used for the cloud cover of band sets, which have no product metadata."""
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    try:
+        ds = gdal.Open(scl_path)
+        step = max(1, -(-max(ds.RasterXSize, ds.RasterYSize) // max_side))
+        scl = ds.GetRasterBand(1).ReadAsArray(buf_xsize=max(1, ds.RasterXSize // step),
+                                              buf_ysize=max(1, ds.RasterYSize // step))
+    except RuntimeError as exc:
+        raise InputError(f"{scl_path}: cannot read the scene classification ({exc})") from None
+    data = np.count_nonzero(scl)
+    if not data:
+        return None
+    return float(np.count_nonzero(invalid_class_lut(classes)[scl])) / data

@@ -45,6 +45,8 @@ class ProductMetadata:
     radiometry: dict[str, BandRadiometry]
     nodata_dn: int = 0
     saturated_dn: int = 65535
+    sensing_time: str | None = None  # PRODUCT_START_TIME, ISO 8601
+    cloud_cover: float | None = None  # percent: L2A CLOUDY_PIXEL_PERCENTAGE, else Cloud_Coverage_Assessment
 
     def resolutions_with(self, bands: tuple[str, ...]) -> list[int]:
         """Resolutions at which every one of ``bands`` has a file."""
@@ -125,5 +127,12 @@ def parse_metadata(xml_bytes: bytes, source: str) -> ProductMetadata:
 
     special = {(_text(el, "SPECIAL_VALUE_TEXT") or ""): int(_text(el, "SPECIAL_VALUE_INDEX") or -1)
                for el in _find_all(root, "Special_Values")}
+    cloud_text = (_text(root, "CLOUDY_PIXEL_PERCENTAGE") if level == "L2A" else None) \
+        or _text(root, "Cloud_Coverage_Assessment")
+    try:
+        cloud_cover = float(cloud_text) if cloud_text is not None else None
+    except ValueError:
+        raise InputError(f"{source}: cloud cover {cloud_text!r} is not a number") from None
     return ProductMetadata(level, baseline, product_uri, band_files, radiometry,
-                           nodata_dn=special.get("NODATA", 0), saturated_dn=special.get("SATURATED", 65535))
+                           nodata_dn=special.get("NODATA", 0), saturated_dn=special.get("SATURATED", 65535),
+                           sensing_time=_text(root, "PRODUCT_START_TIME"), cloud_cover=cloud_cover)

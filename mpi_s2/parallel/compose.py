@@ -133,7 +133,9 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
             log_likely_mistakes(config, plan, len(roles.worker_ranks))
         if run.writes:
             run.learn(crs_epsg=epsg_code(plan.grid.crs_wkt), size=list(plan.grid.size), windows=len(plan.windows),
-                      stage_units=len(plan.stage_units))
+                      stage_units=len(plan.stage_units),
+                      composite={"mode": config.composite, "order": config.order,
+                                 "window": list(plan.window_size), "observations_per_window": plan.observations})
         if roles.is_planner:
             _log_plan(plan, comm.size, threads, nodes)
         hdf5: dict[str, Any] = {}
@@ -197,6 +199,10 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
     report["windows_reused"] = len(plan.windows) - len(todo)
     report["windows_computed"] = len(todo)
     report["pixel_fractions"] = _pixel_fractions(plan, todo, ranks)
+    fractions = report["pixel_fractions"]
+    if fractions and fractions["valid"] == 0 and len(todo) == len(plan.windows):
+        log.warning("%s: no pixel has a valid observation (%s): the output is all nodata", plan.config.output,
+                    "all masked or DN 0" if fractions["cloud_masked"] else "every input is DN 0 there")
     report["backend"] = config.backend
     if hdf5:
         report["hdf5"] = hdf5
@@ -296,4 +302,5 @@ def _describe_source(plan: Plan, i: int, blocks: dict[str, int]) -> dict[str, An
         "radiometry": {band: {"offset": s.offset, "quantification": s.scale}
                        for band, s in zip(("B04", "B03", "B02"), source.stretches, strict=True)},
         "radiometry_note": source.radiometry_note,
+        **({key: value for key, value in plan.inputs[i].items() if key != "input"} if plan.inputs else {}),
     }

@@ -35,6 +35,10 @@ class TileInput:
     scl: str | None
     stretches: tuple[Stretch, Stretch, Stretch]
     radiometry_note: str
+    date: str | None = None  # acquisition date (YYYY-MM-DD): product metadata, or --date
+    sensing_time: str | None = None  # the product's PRODUCT_START_TIME, when it has one (ties of a date)
+    cloud_cover: float | None = None  # percent
+    cloud_cover_from: str = ""  # "metadata", or "SCL" (the masked fraction of a band set's classification)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ output needs comes from one question to the output side (:func:`mpi_s2.output.pl
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from mpi_s2.config import ComposeConfig
 from mpi_s2.errors import InputError, OutputError
 from mpi_s2.inputs.bands import Grid, inspect_mask
 from mpi_s2.inputs.block_counts import block_count
+from mpi_s2.inputs.cloudmask import masked_fraction
 from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.inputs.products import open_product
 from mpi_s2.output.fingerprint import fingerprint_digest, run_fingerprint, stored_digest
@@ -31,11 +33,19 @@ from mpi_s2.output.plan import (
     plan_output,
 )
 from mpi_s2.output.run_lock import wait_until_free
+from mpi_s2.pixels.composite import STACK_BYTES_PER_SAMPLE, check_stretches, window_budget_side
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
+from mpi_s2.planning.observations import order_inputs, select_inputs, with_cloud_cover
 from mpi_s2.planning.scheduling import WorkPlan
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit, check_staging_parent, plan_staging, remove_staging
-from mpi_s2.windows import Window, intersection
+from mpi_s2.windows import Window, intersection, tile_size
+
+log = logging.getLogger("mpi_s2")
+
+#: bytes of a composite's stack a rank may hold (one window's observations), within 300 MB of peak RSS per rank
+#: with the interpreter, GDAL's block cache and the window's output (measured by make bench)
+COMPOSITE_STACK_BUDGET = 150 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,8 @@ class Plan:
     blocks_total: tuple[int, ...] = ()  # per source: blocks of its band files (and SCL when masking)
     staging_directory: str | None = None  # where the staged copies are (removed at the end)
     complete: bool = False  # --resume=auto: the output is already complete with this fingerprint; nothing to do
+    observations: int = 1  # the most inputs covering one window (a --composite median/medoid stack's depth)
+    inputs: tuple[dict, ...] = ()  # per input, in the order used: its label, date and cloud cover (the report)
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -96,7 +108,9 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
                 f"{'/'.join(f'{s.offset:g}' for s in stretches)} (B04/B03/B02), quantification "
                 f"{stretches[0].scale:g}, from {source}")
         scl = product.scl_file(config.resolution) if config.cloud_mask else None
-        tiles.append(TileInput(product.path, product.rgb_files(config.resolution), scl, stretches, note))  # type: ignore[arg-type]
+        tiles.append(TileInput(product.path, product.rgb_files(config.resolution), scl, stretches, note,  # type: ignore[arg-type]
+                               date=md.sensing_time[:10] if md.sensing_time else None, sensing_time=md.sensing_time,
+                               cloud_cover=md.cloud_cover, cloud_cover_from="metadata"))
     for bands in config.band_sets:
         if config.cloud_mask and not bands.scl:
             raise InputError(f"{bands.red}: --cloud-mask with band files needs --scl FILE for each band set")
@@ -104,8 +118,14 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
         note = f"band files: offset {stretch.offset:g}, scale {stretch.scale:g}, from options"
         files = tuple(os.path.abspath(f) for f in (bands.red, bands.green, bands.blue))
         scl = os.path.abspath(bands.scl) if bands.scl and config.cloud_mask else None
-        tiles.append(TileInput(bands.red, files, scl, (stretch, stretch, stretch), note))  # type: ignore[arg-type]
-    return tiles
+        tile = TileInput(bands.red, files, scl, (stretch, stretch, stretch), note, date=bands.date)  # type: ignore[arg-type]
+        if bands.scl and (config.order == "cloud-cover" or config.max_cloud_cover is not None):
+            tile = with_cloud_cover(tile, masked_fraction(os.path.abspath(bands.scl), config.mask_classes))
+        tiles.append(tile)
+    tiles, notes = select_inputs(tiles, config.dates, config.max_cloud_cover)
+    for note in notes:
+        log.info("%s", note)
+    return order_inputs(tiles, config.order)
 
 
 def output_request(config: ComposeConfig) -> OutputRequest:
@@ -164,8 +184,12 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     check_paths(config, request)
     tiles = resolve_inputs(config)
     grid, placed, block_size = layout_mosaic(tiles, config.crs, config.resampling)
-    output = plan_output(request, grid, block_size, _metadata(config, placed),
-                         covers=lambda w: any(intersection(w, s.placement) for s in placed))
+    covers = lambda w: any(intersection(w, s.placement) for s in placed)  # noqa: E731
+    output = plan_output(request, grid, block_size, _metadata(config, placed), covers=covers)
+    observations = 1
+    if config.composite != "first":
+        check_stretches([s.stretches for s in placed], [s.label for s in placed])
+        output, observations = _fit_composite(config, request, output, grid, block_size, placed, covers)
     blocks_total = tuple(_blocks_total(s, config.cloud_mask) for s in placed)
     sources, staged, units, staging = plan_staging(placed, output.window_size, config.output,
                                                    cloud_mask=config.cloud_mask, parent=config.staging_dir,
@@ -180,8 +204,44 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     if complete:
         remove_staging(staging)
         staging = None
+    inputs = tuple({"input": t.label, "date": t.date, "cloud_cover": t.cloud_cover,
+                    "cloud_cover_from": t.cloud_cover_from or None} for t in tiles)
     return Plan(config, grid, tuple(sources), block_size, output, staged=tuple(staged), stage_units=tuple(units),
-                independent=independent, blocks_total=blocks_total, staging_directory=staging, complete=complete)
+                independent=independent, blocks_total=blocks_total, staging_directory=staging, complete=complete,
+                observations=observations, inputs=inputs)
+
+
+def _observations(windows: tuple[Window, ...], sources: list[TileSource]) -> int:
+    """The most inputs that cover one window (a composite's stack depth)."""
+    return max((sum(1 for s in sources if intersection(w, s.placement)) for w in windows), default=0)
+
+
+def _fit_composite(config: ComposeConfig, request: OutputRequest, output: OutputPlan, grid: Grid,
+                   block_size: tuple[int, int], sources: list[TileSource], covers) -> tuple[OutputPlan, int]:
+    """A median or medoid stacks every observation of a window: windows (whole output tiles) small enough for
+    :data:`COMPOSITE_STACK_BUDGET`; a --window above it is kept, with one warning line; a stack too deep for
+    even one tile is an error."""
+    depth = _observations(output.windows, sources)
+    side = max(output.window_size)
+    need = depth * STACK_BYTES_PER_SAMPLE * output.window_size[0] * output.window_size[1]
+    if need <= COMPOSITE_STACK_BUDGET:
+        return output, depth
+    mb = 1024 * 1024
+    if config.window is not None:
+        log.warning("--window %d: a --composite %s window of %d observations takes %d MB per rank, above the "
+                    "%d MB budget (omit --window to fit it)", config.window, config.composite, depth, need // mb,
+                    COMPOSITE_STACK_BUDGET // mb)
+        return output, depth
+    tile = max(tile_size(output.spec.creation_options))
+    fitted = window_budget_side(depth, tile, COMPOSITE_STACK_BUDGET, side)
+    if fitted is None:
+        raise InputError(f"--composite {config.composite}: {depth} observations of one {tile} x {tile} output tile "
+                         f"take {depth * STACK_BYTES_PER_SAMPLE * tile * tile // mb} MB, above the "
+                         f"{COMPOSITE_STACK_BUDGET // mb} MB a rank may hold: use fewer dates (--dates, "
+                         f"--max-cloud-cover) or smaller tiles (--co BLOCKXSIZE=256 --co BLOCKYSIZE=256)")
+    smaller = dataclasses.replace(request, window=fitted)
+    output = plan_output(smaller, grid, block_size, output.spec.metadata, covers=covers)
+    return output, _observations(output.windows, sources)
 
 
 def _complete_with(config: ComposeConfig, digest: str) -> bool:
@@ -207,6 +267,10 @@ def _metadata(config: ComposeConfig, sources: list[TileSource]) -> dict[str, str
     }
     if config.cloud_mask:
         metadata["MPI_S2_MASKED_SCL_CLASSES"] = ",".join(map(str, config.mask_classes))
+    if config.composite != "first":  # (first: the metadata of before, byte for byte)
+        metadata["MPI_S2_COMPOSITE"] = config.composite
+    if config.order != "given":
+        metadata["MPI_S2_ORDER"] = config.order
     return metadata
 
 
@@ -219,6 +283,8 @@ def _fingerprint(config: ComposeConfig, sources: list[TileSource], output: Outpu
                "resolution": config.resolution, "cloud_mask": config.cloud_mask,
                "mask_classes": list(config.mask_classes) if config.cloud_mask else None,
                "crs": config.crs, "resampling": config.resampling, "alpha": config.alpha, "cog": config.cog}
+    if config.composite != "first":  # (first: the fingerprint of before, so that its outputs stay complete)
+        options["composite"] = config.composite
     return run_fingerprint(files, output, radiometry, options)
 
 

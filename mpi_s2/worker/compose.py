@@ -1,6 +1,8 @@
 """Composing one output window (a worker's job): read the sources that cover it, apply their lookup tables.
 
-Where sources overlap, the first valid pixel in input order wins. A pixel is valid in a source where none of
+Where sources overlap, the first valid pixel in input order wins (``--composite first``), or, with ``median``
+and ``medoid``, every valid observation of the pixel is stacked and reduced (:mod:`mpi_s2.pixels.composite`).
+A pixel is valid in a source where none of
 its three bands is the nodata DN and, with cloud masking, its scene class is not masked. The output is 0 in
 every band where no source is valid; the alpha band (if any) is 255 exactly where some source is valid.
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from mpi_s2.inputs.bands import TileReader
 from mpi_s2.inputs.block_counts import DecodeCounter
+from mpi_s2.pixels.composite import check_stretches, composite, doubled_lut
 from mpi_s2.pixels.radiometry import render_window, valid_mask
 from mpi_s2.planning.mosaic import TileSource
 from mpi_s2.report import RankStats
@@ -25,10 +28,16 @@ from mpi_s2.windows import Window, intersection, relative_to
 
 class WindowComposer:
     def __init__(self, sources: Sequence[TileSource], luts: np.ndarray, *, alpha: bool,
-                 mask_lut: np.ndarray | None, max_pixels: int, counter: DecodeCounter | None = None):
+                 mask_lut: np.ndarray | None, max_pixels: int, counter: DecodeCounter | None = None,
+                 composite: str = "first"):
         self.sources = list(sources)
         self.luts = luts  # (n_sources, 3, 65536) uint8
         self.alpha = alpha
+        self.composite = composite
+        if composite != "first":
+            stretch, low = check_stretches([s.stretches for s in self.sources], [s.label for s in self.sources])
+            high = int(max(st.offset for s in self.sources for st in s.stretches))
+            self._doubled_lut, self._base = doubled_lut(stretch, low, high, reserve_zero=not alpha)
         self.mask_lut = mask_lut
         self.counter = counter
         self._readers: dict[int, TileReader] = {}
@@ -70,6 +79,9 @@ class WindowComposer:
         """Fill ``block`` (``(3|4, rows, cols)`` uint8) with the composed ``window``."""
         covering = [(i, part) for i, s in enumerate(self.sources)
                     if (part := intersection(window, s.placement)) is not None]
+        if self.composite != "first":
+            self._render_stack(window, covering, block, stats)
+            return
         if len(covering) == 1 and covering[0][1] == window:  # one source covers the window: the fast path
             i, _ = covering[0]
             bands, invalid = self._read(i, relative_to(window, self.sources[i].placement), stats)
@@ -108,3 +120,40 @@ class WindowComposer:
                 stats.cloud_masked_pixels += int(np.count_nonzero(has_data & ~filled))
             if self.alpha:
                 np.multiply(filled, 255, out=block[3], casting="unsafe")
+
+    def _render_stack(self, window: Window, covering: list[tuple[int, Window]], block: np.ndarray,
+                      stats: RankStats) -> None:
+        """``--composite median|medoid``: every covering source is one observation of the window's pixels."""
+        t, n = len(covering), window.size
+        with stats.timer("compute"):
+            dn = np.zeros((t, 3, n), dtype=np.uint16)
+            valid = np.zeros((t, n), dtype=bool)
+            has_data = np.zeros(n, dtype=bool)
+        masking = False
+        for k, (i, part) in enumerate(covering):
+            bands, invalid = self._read(i, relative_to(part, self.sources[i].placement), stats)
+            with stats.timer("compute"):
+                rows, cols = relative_to(part, window).toslices()
+                take = valid_mask(bands)
+                if invalid is not None:
+                    masking = True
+                    has_data.reshape(window.shape)[rows, cols] |= take
+                    take &= ~invalid
+                for b in range(3):
+                    dn[k, b].reshape(window.shape)[rows, cols] = bands[b]
+                valid[k].reshape(window.shape)[rows, cols] = take
+        with stats.timer("compute"):
+            offsets = np.array([[int(st.offset) for st in self.sources[i].stretches] for i, _ in covering],
+                               dtype=np.int64)
+            doubled, any_valid = composite(dn, offsets, valid, self.composite)
+            index = doubled - self._base
+            index[:, ~any_valid] = 0
+            for b in range(3):
+                out = block[b].reshape(n)
+                np.take(self._doubled_lut, index[b], out=out)
+                out *= any_valid
+            stats.valid_pixels += int(np.count_nonzero(any_valid))
+            if masking:
+                stats.cloud_masked_pixels += int(np.count_nonzero(has_data & ~any_valid))
+            if self.alpha:
+                np.multiply(any_valid.reshape(window.shape), 255, out=block[3], casting="unsafe")
