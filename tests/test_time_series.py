@@ -249,3 +249,41 @@ def test_medoid_with_no_valid_pixel_anywhere_writes_an_empty_image_and_says_so(t
     assert result.returncode == 0 and not error_lines(result.stderr), result.stderr
     assert "no pixel has a valid observation (every input is DN 0 there): the output is all nodata" in result.stderr
     assert not gdal.Open(str(out)).ReadAsArray().any()
+
+
+def test_a_2x2_mosaic_of_3_dates_composes_every_observation_of_a_pixel(tmp_path):
+    """Four overlapping tiles x 3 dates (different clouds per tile): every observation of a pixel counts,
+    whatever its tile; the grid is the union of the tiles' extents, computed here from their origins."""
+    from mpi_s2.tools.synth import ORIGIN
+
+    shift = 2000.0  # metres: tiles of 256 px (2560 m) overlap by 56 px
+    tiles = []
+    for k, (dx, dy) in enumerate([(0, 0), (shift, 0), (0, -shift), (shift, -shift)]):
+        made = synthesize_series(str(tmp_path / f"tile{k}"), SeriesOptions(
+            dates=3, size=SIZE, jp2_block=128, seed=k + 1, origin=(ORIGIN[0] + dx, ORIGIN[1] + dy)))
+        tiles.append(((int(dx / 10), int(-dy / 10)), made.products))
+    width = height = SIZE + int(shift / 10)
+    v = np.zeros((12, 3, height, width))
+    valid = np.zeros((12, height, width), dtype=bool)
+    products = []
+    for k, ((col, row), made_products) in enumerate(tiles):
+        for d, product in enumerate(made_products):
+            values, ok = observation(product, cloud_mask=True)
+            v[3 * k + d, :, row:row + SIZE, col:col + SIZE] = values
+            valid[3 * k + d, row:row + SIZE, col:col + SIZE] = ok
+            products.append(product)
+    out = tmp_path / "mosaic.tif"
+    report = compose(products, out, "--composite", "median", "--cloud-mask", ranks=3)
+    ds = gdal.Open(str(out))
+    assert (ds.RasterXSize, ds.RasterYSize) == (width, height)
+    assert ds.GetGeoTransform() == (ORIGIN[0], 10.0, 0.0, ORIGIN[1], 0.0, -10.0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(np.where(valid[:, None], v, np.nan), axis=0)
+    any_valid = valid.any(axis=0)
+    rgb = render(np.nan_to_num(median))
+    rgb[:, ~any_valid] = 0
+    assert_equals_reference(out, rgb, any_valid)
+    assert report["composite"]["observations_per_window"] == 12  # the window over the corner overlap
+    assert valid.sum(axis=0).max() >= 9  # the overlap's pixels have valid observations from all four tiles
