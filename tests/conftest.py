@@ -382,3 +382,23 @@ def band_set_args(band_sets: list[dict[str, str]]) -> list[str]:
         if "scl" in bands:
             args += ["--scl", bands["scl"]]
     return args
+
+
+#: background jobs a test started (test_signals.Job); any still running when the test ends is killed, so that a
+#: failing test never leaves a stalled job (MPI_S2_TEST_FAULT=...:stall sleeps 10 minutes) eating the CPUs
+BACKGROUND_JOBS: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_background_job_outlives_its_test():
+    yield
+    while BACKGROUND_JOBS:
+        proc = BACKGROUND_JOBS.pop()
+        if proc.poll() is None:
+            proc.terminate()  # mpirun passes it on to the ranks (or the one process without a launcher)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+

@@ -21,6 +21,7 @@ import pytest
 from osgeo import gdal
 
 from conftest import (
+    BACKGROUND_JOBS,
     MPIRUN,
     PYTHON,
     _finish_mpirun,
@@ -46,6 +47,7 @@ class Job:
         self.launched = bool(launcher)
         self.proc = subprocess.Popen([*launcher, PYTHON, "-m", "mpi_s2", *args], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env={**clean_env(), **env})
+        BACKGROUND_JOBS.append(self.proc)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
