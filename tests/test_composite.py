@@ -120,3 +120,47 @@ def test_select_by_dates_and_cloud_cover_says_what_it_dropped():
         select_inputs([tile("x", None, None)], ("2023-01-01", "2023-12-31"), None)
     with pytest.raises(InputError, match=r"^x: has no cloud cover \(--order cloud-cover needs it; give --scl"):
         order_inputs([tile("x", None, None)], "cloud-cover")
+
+
+# ---------------------------------------------------------------------------- the planner's window budget
+@pytest.fixture(scope="module")
+def dates_1024(tmp_path_factory):
+    """Four band sets of 1024 x 1024 (GeoTIFF tiled 512): four observations of every pixel."""
+    from conftest import write_band
+
+    directory = tmp_path_factory.mktemp("dates")
+    rng = np.random.default_rng(3)
+    sets = []
+    for k in range(4):
+        sets.append(tuple(write_band(directory / f"{b}-{k}.tif", rng.integers(1, 5000, (1024, 1024), dtype=np.uint16),
+                                     block=512) for b in ("B04", "B03", "B02")))
+    return directory, sets
+
+
+def plan_for(directory, sets, **options):
+    from mpi_s2.config import BandFiles, ComposeConfig
+    from mpi_s2.planning.plan import make_plan
+
+    config = ComposeConfig(output=str(directory / "out.tif"), band_sets=tuple(BandFiles(*s) for s in sets),
+                           composite="median", overwrite=True, **options)
+    return make_plan(config)
+
+
+def test_windows_shrink_until_a_stack_fits_the_budget_and_the_report_says_so(dates_1024, monkeypatch, caplog):
+    import mpi_s2.planning.plan as planning
+
+    directory, sets = dates_1024
+    assert plan_for(directory, sets).window_size == (1024, 1024)  # 4 x 15 B x 1024^2 = 60 MB: fits
+    monkeypatch.setattr(planning, "COMPOSITE_STACK_BUDGET", 4 * STACK_BYTES_PER_SAMPLE * 512 * 512)
+    plan = plan_for(directory, sets)
+    assert plan.window_size == (512, 512) and plan.observations == 4 and len(plan.windows) == 4
+    with caplog.at_level("WARNING", logger="mpi_s2"):  # --window wins, with one line
+        plan = plan_for(directory, sets, window=1024)
+    assert plan.window_size == (1024, 1024)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--window 1024: a --composite median window of 4 observations takes 60 MB per rank, above the 15 MB "
+        "budget (omit --window to fit it)"]
+    monkeypatch.setattr(planning, "COMPOSITE_STACK_BUDGET", 1000)
+    with pytest.raises(InputError, match=r"^--composite median: 4 observations of one 512 x 512 output tile take "
+                                         r"15 MB, above the 0 MB a rank may hold: use fewer dates"):
+        plan_for(directory, sets)
