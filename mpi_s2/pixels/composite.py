@@ -14,9 +14,9 @@ nodata DN and, with cloud masking, its scene class is not masked. Values are har
 Both are rendered by one lookup table on the doubled scale (:func:`doubled_lut`), with the contract's formula
 ``out = floor(255 * clip((v / scale) / max_reflectance, 0, 1) ** (1 / gamma) + 0.5)``.
 
-Memory: a stack of T observations over N pixels holds the DNs (``T x 3 x N`` uint16), the valid flags
-(``T x N``) and, one band at a time, the harmonised values (``T x N`` int32, sorted in place) and the
-medoid's distances (``T x N`` int32): :data:`STACK_BYTES_PER_SAMPLE` bytes per observation and pixel.
+Memory: a stack of T observations over N pixels holds the DNs (``T x 3 x N`` uint16) and the valid flags
+(``T x N``): :data:`STACK_BYTES_PER_SAMPLE` bytes per observation and pixel, and the result (``3 x N`` int32).
+The harmonised values (sorted in place) and the medoid's distances are worked out a strip of pixels at a time.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ from mpi_s2.errors import InputError
 from mpi_s2.pixels.radiometry import Stretch
 
 COMPOSITES = ("first", "median", "medoid")
-#: bytes per observation and pixel a composite's stack takes (see the module's docstring)
-STACK_BYTES_PER_SAMPLE = 3 * 2 + 1 + 4 + 4
+#: bytes per observation and pixel of a window's stack: three uint16 DNs and the valid flag (the temporaries
+#: are per strip of :data:`STRIP_PIXELS`, see :func:`composite`)
+STACK_BYTES_PER_SAMPLE = 3 * 2 + 1
 _INVALID = np.iinfo(np.int32).max  # sorts after every value
+#: pixels worked out at a time (the temporaries: a few int32 per observation and pixel of the strip)
+STRIP_PIXELS = 1 << 16
 
 
 def check_stretches(stretches: list[tuple[Stretch, Stretch, Stretch]], labels: list[str]) -> tuple[Stretch, int]:
@@ -62,59 +65,75 @@ def doubled_lut(stretch: Stretch, min_offset: int, max_offset: int, *, reserve_z
     return lut, base
 
 
-def harmonised(dn: np.ndarray, offsets: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``(T, N)`` int32: ``DN + offset`` of each observation (``offsets``: ``(T,)``, this band's) where valid,
-    and a value that sorts last elsewhere."""
-    v = dn.astype(np.int32)
-    v += offsets[:, None]
-    v[~valid] = _INVALID
-    return v
+def harmonised(dn: np.ndarray, offsets: np.ndarray, invalid: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` (``(T, n)`` int32): ``DN + offset`` of each observation (``offsets``: ``(T,)``, this band's),
+    and a value that sorts last where ``invalid``."""
+    np.add(dn, offsets[:, None], out=out, casting="unsafe")
+    np.copyto(out, _INVALID, where=invalid)
+    return out
 
 
-def doubled_median(v: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """``2 * median`` per pixel of ``v`` (``(T, N)`` from :func:`harmonised`, sorted in place here) over its
-    ``count`` valid observations (int64; 0 where none)."""
-    v.sort(axis=0)
-    lower = np.maximum(count - 1, 0) // 2
-    upper = np.maximum(count, 1) // 2
-    picked = np.take_along_axis(v, lower[None, :], axis=0)[0].astype(np.int64)
-    picked += np.take_along_axis(v, np.minimum(upper, v.shape[0] - 1)[None, :], axis=0)[0]
-    picked[count == 0] = 0
-    return picked
+def _median_picks(count: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into a sorted ``(t, n)`` stack of the two middle values of each pixel's ``count``."""
+    n = count.size
+    column = np.arange(n, dtype=np.intp)
+    lower = (np.maximum(count, 1) - 1) // 2
+    upper = np.minimum(count // 2, t - 1)
+    return lower * n + column, upper * n + column
 
 
-def composite(dn: np.ndarray, offsets: np.ndarray, valid: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+def composite(dn: np.ndarray, offsets: np.ndarray, valid: np.ndarray, mode: str,
+              strip: int = STRIP_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """The composite of a stack: ``dn`` ``(T, 3, N)`` uint16, ``offsets`` ``(T, 3)`` int (per observation and
     band), ``valid`` ``(T, N)``.
 
-    Returns ``(doubled, any_valid)``: ``(3, N)`` int64 values ``2 * v`` to render with :func:`doubled_lut`
-    (0 where no observation is valid), and where some observation is."""
-    count = valid.sum(axis=0)
-    any_valid = count > 0
+    Returns ``(doubled, any_valid)``: ``(3, N)`` int32 values ``2 * v`` to render with :func:`doubled_lut`
+    (0 where no observation is valid), and where some observation is. Worked out ``strip`` pixels at a time,
+    so that the temporaries stay small beside the stack."""
     t, _, n = dn.shape
-    medians = np.empty((3, n), dtype=np.int64)
-    for b in range(3):
-        medians[b] = doubled_median(harmonised(dn[:, b], offsets[:, b], valid), count)
-    if mode == "median":
-        return medians, any_valid
-    if mode != "medoid":
+    doubled = np.zeros((3, n), dtype=np.int32)
+    any_valid = np.zeros(n, dtype=bool)
+    if mode not in ("median", "medoid"):
         raise ValueError(mode)
-    distance = np.zeros((t, n), dtype=np.int32)
-    for b in range(3):
-        v2 = dn[:, b].astype(np.int32)
-        v2 += offsets[:, b, None].astype(np.int32)
-        v2 *= 2
-        v2 -= medians[b].astype(np.int32)[None, :]
-        np.abs(v2, out=v2)
-        distance += v2
-    distance[~valid] = _INVALID
-    chosen = np.argmin(distance, axis=0)  # the first of equal distances: the earliest in order
-    out = np.empty((3, n), dtype=np.int64)
-    for b in range(3):
-        picked = np.take_along_axis(dn[:, b], chosen[None, :], axis=0)[0].astype(np.int64)
-        out[b] = 2 * (picked + offsets[chosen, b])
-    out[:, ~any_valid] = 0
-    return out, any_valid
+    width = min(n, strip) if n else 0
+    work = np.empty((t, width), dtype=np.int32)
+    distance = np.empty((t, width), dtype=np.int32) if mode == "medoid" else None
+    offsets = np.asarray(offsets, dtype=np.int32)
+    for start in range(0, n, max(1, width)):
+        stop = min(n, start + width)
+        m = stop - start
+        part_valid = valid[:, start:stop]
+        invalid = ~part_valid
+        count = part_valid.sum(axis=0, dtype=np.int32)
+        found = count > 0
+        any_valid[start:stop] = found
+        low, high = _median_picks(count, t)
+        v = work[:, :m]
+        medians = doubled[:, start:stop]
+        for b in range(3):
+            harmonised(dn[:, b, start:stop], offsets[:, b], invalid, v)
+            v.sort(axis=0)
+            flat = v.ravel()
+            np.add(flat.take(low), flat.take(high), out=medians[b])
+        if mode == "medoid":
+            assert distance is not None
+            d = distance[:, :m]
+            d[...] = 0
+            for b in range(3):
+                np.add(dn[:, b, start:stop], offsets[:, b, None], out=v, casting="unsafe")
+                v *= 2
+                v -= medians[b]
+                np.abs(v, out=v)
+                d += v
+            np.copyto(d, _INVALID, where=invalid)
+            chosen = np.argmin(d, axis=0)  # the first of equal distances: the earliest in order
+            column = np.arange(m, dtype=np.intp)
+            for b in range(3):
+                picked = dn[:, b, start:stop][chosen, column].astype(np.int32)
+                picked += offsets[chosen, b]
+                np.multiply(picked, 2, out=medians[b])
+        medians[:, ~found] = 0
+    return doubled, any_valid
 
 
 def window_budget_side(observations: int, tile: int, budget: int, preferred: int) -> int | None:

@@ -45,7 +45,7 @@ log = logging.getLogger("mpi_s2")
 
 #: bytes of a composite's stack a rank may hold (one window's observations), within 300 MB of peak RSS per rank
 #: with the interpreter, GDAL's block cache and the window's output (measured by make bench)
-COMPOSITE_STACK_BUDGET = 150 * 1024 * 1024
+COMPOSITE_STACK_BUDGET = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ a Cloud-Optimized GeoTIFF (``gdal_translate -of COG`` with average overviews, ``
 * ``mosaic``: 2 x 2 such products on Sentinel-2 spacing (origins 10000 px apart, blocks 784 px off), one of
   them 40 % nodata (an orbit edge); gdal_translate reads a VRT of the same tiles; mpirun -n 3. The decoding
   floor: single-threaded decode CPU seconds of every distinct block of the 12 bands, divided by the cores.
+* ``series``: one tile x 6 dates of synthetic L2A products (mixed baselines, moving clouds), ``compose
+  --composite median --cloud-mask`` on mpirun -n 3 against the peer a user would reach for, xarray + dask
+  (rioxarray, threaded scheduler, 2 workers; the script is written beside the inputs as ``dask_peer.py``). The
+  decoding floor: single-threaded decode CPU seconds of the 18 bands and the 6 SCL (20 m), divided by the
+  decoding ranks. Both outputs are compared pixel by pixel.
 
 Runs are interleaved (gdal_translate, mpi_s2, gdal_translate, ...) so that drift on a shared machine hits both
 alike. Wall time is the whole process (launcher included); peak memory is each process's maximum RSS, from
@@ -31,13 +36,24 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from osgeo import gdal
 
-from mpi_s2.tools.synth import BAND_FILES, ProductOptions, SynthOptions, synthesize, synthesize_product
+from mpi_s2.planning.stage_plan import SHARED_MEMORY, staging_directory
+from mpi_s2.tools.synth import (
+    BAND_FILES,
+    ProductOptions,
+    SeriesOptions,
+    SynthOptions,
+    synthesize,
+    synthesize_product,
+    synthesize_series,
+)
 
 gdal.UseExceptions()
 GAMMA = 2.2
@@ -117,17 +133,21 @@ def gtiff_case(directory: str, size: int, ranks: int, codec: str | None = None, 
                 5.0 if not codec else 1.0, report)
 
 
-def decode_cpu_seconds(bands: list[str], block: int = 1024) -> float:
-    """CPU seconds to decode every block of ``bands`` once, single-threaded (the work no layout avoids)."""
+def decode_cpu_seconds(bands: list[str], block: int | None = 1024) -> float:
+    """CPU seconds to decode every block of ``bands`` once, single-threaded (the work no layout avoids).
+
+    ``block``: the side of the reads; None reads each file by its own blocks (e.g. a 20 m SCL beside 10 m bands
+    whose JPEG 2000 tiles differ)."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     gdal.SetConfigOption("GDAL_NUM_THREADS", "1")
     try:
         for path in bands:
             ds = gdal.Open(path)
             band = ds.GetRasterBand(1)
-            for row in range(0, ds.RasterYSize, block):
-                for col in range(0, ds.RasterXSize, block):
-                    band.ReadRaster(col, row, min(block, ds.RasterXSize - col), min(block, ds.RasterYSize - row))
+            bw, bh = (block, block) if block else band.GetBlockSize()
+            for row in range(0, ds.RasterYSize, bh):
+                for col in range(0, ds.RasterXSize, bw):
+                    band.ReadRaster(col, row, min(bw, ds.RasterXSize - col), min(bh, ds.RasterYSize - row))
             ds = None
     finally:
         gdal.SetConfigOption("GDAL_NUM_THREADS", None)
@@ -219,7 +239,7 @@ def mosaic_case(directory: str, size: int, ranks: int, codec: str = "zstd", cog:
 
 
 DEFAULT_CASES = ("gtiff", "gtiff:deflate", "jp2:zstd", "jp2:deflate", "gtiff+hdf5", "jp2:zstd+hdf5",
-                 "mosaic:zstd", "jp2:zstd+quicklook")
+                 "mosaic:zstd", "jp2:zstd+quicklook", "series")
 #: --quicklook: the run with it at most this multiple of the same run without it.
 QUICKLOOK_TARGET = 1.02
 #: The output stage's saturation point wanted with JPEG 2000 input and DEFLATE output.
@@ -349,6 +369,299 @@ def print_result(r: dict) -> None:
     print("  targets met" if r["targets_met"] else "  TARGETS NOT MET")
 
 
+# --- series: one tile x 6 dates, median composite with cloud masking, against xarray + dask ---------------------
+
+SERIES_DATES = 6
+SERIES_RANKS = 3
+#: at least this many times faster than the xarray + dask peer
+SERIES_SPEEDUP_TARGET = 1.5
+SERIES_CHUNK = 1024  # the peer's dask chunks: the JPEG 2000 tiles
+#: what the peer imports, from Debian (the venv sees the system's site-packages)
+PEER_DEBIAN_PACKAGES = ("python3-xarray", "python3-dask", "python3-rioxarray")
+
+#: The peer a user would reach for, run in its own process (its peak RSS is that process's). Written into the
+#: bench directory as ``dask_peer.py`` and run as ``python dask_peer.py ARGS.json``.
+PEER_SCRIPT = r'''"""xarray + dask: the per-pixel median of a season of Sentinel-2 L2A products, clouds masked.
+
+The peer of mpi_s2's ``series`` benchmark (written by mpi_s2.tools.benchmark). Run: python dask_peer.py ARGS.json
+"""
+import glob
+import json
+import os
+import re
+import sys
+import threading
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import rioxarray
+import xarray as xr
+
+warnings.filterwarnings("ignore", "All-NaN slice encountered")
+with open(sys.argv[1]) as fh:
+    args = json.load(fh)
+chunk = args["chunk"]
+
+
+def band(product, res, code):
+    path = glob.glob(f"{product}/GRANULE/*/IMG_DATA/R{res}m/*_{code}_{res}m.jp2")[0]
+    # lock=False: parallel reads (rioxarray's default lock lets one thread read at a time, whatever the file)
+    return rioxarray.open_rasterio(path, chunks={"x": chunk, "y": chunk}, lock=False).squeeze("band", drop=True)
+
+
+dates = []
+for product in args["products"]:
+    # BOA_ADD_OFFSET: -1000 from processing baseline 04.00 on (the _NXXYY_ field of the product's name)
+    baseline = int(re.search(r"_N(\d\d)\d\d_", os.path.basename(product)).group(1))
+    offset = -1000 if baseline >= 4 else 0
+    rgb = xr.concat([band(product, 10, code) for code in ("B04", "B03", "B02")], dim="band")
+    scl20 = band(product, 20, "SCL")
+    # 20 m -> 10 m, nearest: each SCL pixel covers 2 x 2 band pixels (the grids share their origin)
+    scl = da.repeat(da.repeat(scl20.data, 2, axis=0), 2, axis=1)[:rgb.sizes["y"], :rgb.sizes["x"]]
+    scl = xr.DataArray(scl, dims=("y", "x"), coords={"y": rgb.y, "x": rgb.x})
+    valid = (rgb != 0).all("band") & ~scl.isin(args["mask_classes"])
+    dates.append((rgb.astype("float64") + offset).where(valid))
+reference = band(args["products"][0], 10, "B04")
+series = xr.concat(dates, dim="time").chunk({"time": -1})  # the median wants every date in one chunk
+median = series.median("time")  # skips NaN
+ratio = ((median / args["scale"]) / args["max_reflectance"]).clip(0.0, 1.0)
+display = np.floor(255.0 * ratio ** (1.0 / args["gamma"]) + 0.5).fillna(0.0)
+alpha = (median.isel(band=0).notnull() * 255).expand_dims("band")
+out = xr.concat([display, alpha], dim="band").astype("uint8").chunk({"band": -1})  # whole pixels per write
+out = out.assign_coords(band=[1, 2, 3, 4]).rio.write_crs(reference.rio.crs)
+out = out.rio.write_transform(reference.rio.transform())
+with dask.config.set(scheduler="threads", num_workers=args["workers"]):
+    # lock: dask writes chunk by chunk (without one rioxarray computes the whole array first)
+    out.rio.to_raster(args["output"], tiled=True, blockxsize=512, blockysize=512, photometric="RGB", alpha="YES",
+                      lock=threading.Lock(), **args["creation_options"])
+'''
+
+
+def series_products(directory: str, size: int) -> list[str]:
+    """The 6 dates of one tile at ``size``, generated once and kept (``products-SIZE/``)."""
+    where = os.path.join(directory, f"products-{size}")
+    listing = os.path.join(where, "products.json")
+    if not os.path.exists(listing):
+        print(f"generating {SERIES_DATES} dates of a {size} x {size} synthetic L2A tile (JPEG 2000, tiled 1024)... "
+              "(minutes, once)", flush=True)
+        shutil.rmtree(where, ignore_errors=True)
+        os.makedirs(where)
+        made = synthesize_series(where, SeriesOptions(dates=SERIES_DATES, size=size, jp2_block=1024))
+        with open(listing, "w") as fh:
+            json.dump([os.path.basename(p) for p in made.products], fh)
+    with open(listing) as fh:
+        return [os.path.join(where, name) for name in json.load(fh)]
+
+
+def series_files(product: str) -> tuple[list[str], str]:
+    """The 10 m B04, B03, B02 and the 20 m SCL of an L2A product."""
+    granule = f"{product}/GRANULE/*/IMG_DATA"
+    bands = [glob.glob(f"{granule}/R10m/*_{code}_10m.jp2")[0] for code in ("B04", "B03", "B02")]
+    return bands, glob.glob(f"{granule}/R20m/*_SCL_20m.jp2")[0]
+
+
+def series_decode_cpu_seconds(directory: str, size: int, products: list[str]) -> float:
+    """Single-threaded decode CPU seconds of every block of the 18 bands and the 6 SCL, measured once per size."""
+    floor_file = os.path.join(directory, f"decode-floor-{size}.json")
+    if not os.path.exists(floor_file):
+        print(f"measuring the single-threaded decode time of {3 * len(products)} bands and {len(products)} SCL "
+              "(once)...", flush=True)
+        files = [f for p in products for bands, scl in [series_files(p)] for f in (*bands, scl)]
+        with open(floor_file, "w") as fh:
+            json.dump({"decode_cpu_s": decode_cpu_seconds(files, block=None), "files": len(files)}, fh)
+    with open(floor_file) as fh:
+        return float(json.load(fh)["decode_cpu_s"])
+
+
+class StagingSampler:
+    """Peak bytes allocated in mpi_s2's staging directory for ``output`` while a run goes (sampled every 0.1 s).
+
+    In node memory (/dev/shm, tmpfs) that is RAM no rank's RSS counts; beside the output it is disk."""
+
+    def __init__(self, output: str):
+        self.places = {SHARED_MEMORY: staging_directory(output, SHARED_MEMORY), "disk": staging_directory(output)}
+        self.peak = {kind: 0 for kind in self.places}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        for kind, path in self.places.items():
+            try:
+                used = sum(e.stat().st_blocks * 512 for e in os.scandir(path) if e.is_file())
+            except OSError:
+                continue
+            self.peak[kind] = max(self.peak[kind], used)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def __enter__(self) -> StagingSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def compare_rgba(reference: str, other: str, strip: int = 1024) -> dict[str, Any]:
+    """Pixel by pixel: alpha (where each has a value) and R, G, B where both have one."""
+    a, b = gdal.Open(reference), gdal.Open(other)
+    if (a.RasterXSize, a.RasterYSize, a.RasterCount) != (b.RasterXSize, b.RasterYSize, b.RasterCount):
+        return {"comparable": False, "identical": False,
+                "why": f"{reference}: {a.RasterXSize} x {a.RasterYSize} x {a.RasterCount}, {other}: "
+                       f"{b.RasterXSize} x {b.RasterYSize} x {b.RasterCount}"}
+    if a.GetGeoTransform() != b.GetGeoTransform():
+        return {"comparable": False, "identical": False, "why": "geotransforms differ"}
+    width, height = a.RasterXSize, a.RasterYSize
+    valid_a = valid_b = alpha_differ = both = rgb_differ = off_by_one = 0
+    max_diff = 0
+    for row in range(0, height, strip):
+        rows = min(strip, height - row)
+        x = a.ReadAsArray(0, row, width, rows).astype(np.int16)
+        y = b.ReadAsArray(0, row, width, rows).astype(np.int16)
+        va, vb = x[3] == 255, y[3] == 255
+        valid_a += int(va.sum())
+        valid_b += int(vb.sum())
+        alpha_differ += int((x[3] != y[3]).sum())
+        common = va & vb
+        both += int(common.sum())
+        diff = np.abs(x[:3] - y[:3]).max(axis=0)[common]
+        rgb_differ += int((diff > 0).sum())
+        off_by_one += int((diff == 1).sum())
+        max_diff = max(max_diff, int(diff.max()) if diff.size else 0)
+    return {"comparable": True, "pixels": width * height, "valid_reference": valid_a, "valid_other": valid_b,
+            "alpha_differ": alpha_differ, "valid_both": both, "rgb_differ": rgb_differ,
+            "rgb_off_by_one": off_by_one, "rgb_max_abs_diff": max_diff,
+            "identical": alpha_differ == 0 and rgb_differ == 0}
+
+
+def _proj_env(env: dict[str, str]) -> dict[str, str]:
+    """pyproj (rioxarray) looks for proj.db under the venv's prefix: point it at GDAL's, if it has none."""
+    if "PROJ_DATA" in env or "PROJ_LIB" in env:
+        return env
+    from osgeo import osr
+    for path in osr.GetPROJSearchPaths() or []:
+        if os.path.exists(os.path.join(path, "proj.db")):
+            return {**env, "PROJ_DATA": path}
+    return env
+
+
+def _peer_creation_options() -> dict[str, Any]:
+    """mpi_s2's default output codec (ZSTD level 1, horizontal predictor) when this GDAL has ZSTD, else DEFLATE."""
+    options = gdal.GetDriverByName("GTiff").GetMetadataItem("DMD_CREATIONOPTIONLIST") or ""
+    if "ZSTD" in options:
+        return {"compress": "ZSTD", "zstd_level": 1, "predictor": 2}
+    return {"compress": "DEFLATE", "predictor": 2}
+
+
+def check_peer(env: dict[str, str]) -> dict[str, str]:
+    """Stop with one line unless the peer's imports work; return the environment to run it in."""
+    peer_env = _proj_env(env)
+    check = subprocess.run([sys.executable, "-c", "import dask, rioxarray, xarray"], env=peer_env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if check.returncode != 0:
+        why = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else "import failed"
+        raise SystemExit(f"benchmark: the series case's peer needs xarray, dask and rioxarray ({why}); as root run: "
+                         f"apt-get install -y {' '.join(PEER_DEBIAN_PACKAGES)}")
+    return peer_env
+
+
+def run_series_case(directory: str, size: int, repeat: int, env: dict[str, str], ranks: int) -> dict:
+    """mpi_s2 ``--composite median --cloud-mask`` against the xarray + dask peer, interleaved; the floor; the
+    pixels of both compared."""
+    peer_env = check_peer(env)
+    products = series_products(directory, size)
+    decode_cpu = series_decode_cpu_seconds(directory, size, products)
+    decoders = max(1, min(ranks - 1, os.cpu_count() or 1))  # rank 0 plans and writes; the workers decode
+    floor = decode_cpu / decoders
+    out_mpi, out_peer = os.path.join(directory, "mpi_s2.tif"), os.path.join(directory, "dask.tif")
+    report = os.path.join(directory, "run.json")
+    mpi = _mpirun(ranks) + [*products, "-o", out_mpi, "--composite", "median", "--cloud-mask", "--overwrite", "-q",
+                            "--report", report]
+    script, peer_args = os.path.join(directory, "dask_peer.py"), os.path.join(directory, "dask_peer.json")
+    with open(script, "w") as fh:
+        fh.write(PEER_SCRIPT)
+    with open(peer_args, "w") as fh:
+        json.dump({"products": products, "output": out_peer, "chunk": SERIES_CHUNK, "workers": decoders,
+                   "mask_classes": [3, 8, 9, 10], "scale": 10000.0, "max_reflectance": 1.0, "gamma": GAMMA,
+                   "creation_options": _peer_creation_options()}, fh, indent=1)
+    peer = [sys.executable, script, peer_args]
+    peer_runs, mpi_walls, rank_peaks, staged, reports = [], [], [], [], []
+    for i in range(repeat):
+        peer_runs.append(timed(peer, peer_env))
+        with StagingSampler(out_mpi) as sampler:
+            mpi_walls.append(timed(mpi, env)[0])
+        staged.append(sampler.peak)
+        with open(report) as fh:
+            reports.append(json.load(fh))
+        rank_peaks.append({r["rank"]: r["peak_rss_mb"] for r in reports[-1]["ranks"]})
+        print(f"  [series] run {i + 1}/{repeat}: xarray + dask {peer_runs[-1][0]:.2f} s, mpi_s2 {mpi_walls[-1]:.2f} s",
+              flush=True)
+    peer_wall = statistics.median(w for w, _ in peer_runs)
+    peer_peak = max(m for _, m in peer_runs)
+    mpi_wall = statistics.median(mpi_walls)
+    worst_rank = {r: max(p[r] for p in rank_peaks) for r in rank_peaks[0]}
+    largest, total = max(worst_rank.values()), sum(worst_rank.values())
+    last = reports[-1]
+    pixels = compare_rgba(out_mpi, out_peer)
+    result: dict[str, Any] = {
+        "case": "series", "description": f"1 tile x {len(products)} dates, 3 x {size} x {size} JPEG 2000 (tiled "
+                                         f"1024) + SCL 20 m each, median composite, cloud mask 3/8/9/10, ZSTD output",
+        "repeat": repeat, "ranks": ranks, "cores": os.cpu_count(),
+        "mpi_s2_median_s": round(mpi_wall, 2), "mpi_s2_runs_s": [round(w, 2) for w in mpi_walls],
+        "decode_cpu_s": round(decode_cpu, 1), "decoding_ranks": decoders, "decode_floor_s": round(floor, 1),
+        "mpi_s2_over_floor": round(mpi_wall / floor, 3), "floor_target": FLOOR_TARGET,
+        "mpi_s2_rank_peak_rss_mb": worst_rank, "mpi_s2_largest_rank_rss_mb": largest,
+        "mpi_s2_sum_rss_mb": round(total, 1),
+        "mpi_s2_staged_peak_mb": {k: round(max(s[k] for s in staged) / 2**20, 1) for k in staged[0]},
+        "mpi_s2_window_size": last["window_size"], "last_run_seconds_by_rank": {r["rank"]: r["seconds"]
+                                                                                for r in last["ranks"]},
+        "worker_busy_imbalance": last.get("worker_busy_imbalance"),
+        "dask_median_s": round(peer_wall, 2), "dask_runs_s": [round(w, 2) for w, _ in peer_runs],
+        "dask_peak_rss_mb": round(peer_peak, 1), "dask_workers": decoders,
+        "speedup_vs_dask": round(peer_wall / mpi_wall, 2), "speedup_target": SERIES_SPEEDUP_TARGET,
+        "pixels_mpi_s2_vs_dask": pixels,
+    }
+    result["targets_met"] = bool(result["mpi_s2_over_floor"] <= FLOOR_TARGET
+                                 and result["speedup_vs_dask"] >= SERIES_SPEEDUP_TARGET
+                                 and largest < peer_peak and largest <= PEAK_MB_TARGET and pixels["identical"])
+    return result
+
+
+def print_series_result(r: dict) -> None:
+    print(f"\n[{r['case']}] {r['description']}; {r['cores']} cores; median of {r['repeat']}")
+    print(f"  xarray + dask ({r['dask_workers']} threads)  {r['dask_median_s']:7.2f} s   peak RSS "
+          f"{r['dask_peak_rss_mb']:7.1f} MB")
+    print(f"  mpi_s2 mpirun -n {r['ranks']:<2}          {r['mpi_s2_median_s']:7.2f} s   peak RSS per rank: "
+          + ", ".join(f"rank {k} {v:.0f} MB" for k, v in r["mpi_s2_rank_peak_rss_mb"].items())
+          + f" (sum {r['mpi_s2_sum_rss_mb']:.0f} MB)")
+    staged = r["mpi_s2_staged_peak_mb"]
+    if any(staged.values()):
+        print("  mpi_s2 staged copies (peak): " + ", ".join(
+            f"{v:.1f} MB {'in node memory, ' + SHARED_MEMORY + ', counted in no RSS' if k == SHARED_MEMORY else k}"
+            for k, v in staged.items() if v))
+    print(f"  speed-up (xarray + dask / mpi_s2): {r['speedup_vs_dask']:.2f}x   (target >= {r['speedup_target']}x)")
+    print(f"  decoding floor (1-thread decode CPU {r['decode_cpu_s']:.1f} s / {r['decoding_ranks']} decoding ranks): "
+          f"{r['decode_floor_s']:.1f} s; mpi_s2 at {r['mpi_s2_over_floor']:.2f}x the floor   (target <= "
+          f"{r['floor_target']}x); xarray + dask at {r['dask_median_s'] / r['decode_floor_s']:.2f}x")
+    largest = r["mpi_s2_largest_rank_rss_mb"]
+    print(f"  memory: largest rank {largest:.0f} MB vs xarray + dask {r['dask_peak_rss_mb']:.0f} MB   (target: less; "
+          f"and <= {PEAK_MB_TARGET} MB); all ranks together {r['mpi_s2_sum_rss_mb']:.0f} MB")
+    p = r["pixels_mpi_s2_vs_dask"]
+    if not p["comparable"]:
+        print(f"  pixels: NOT COMPARABLE: {p['why']}")
+    else:
+        print(f"  pixels: {p['valid_both']} of {p['pixels']} valid in both (mpi_s2 {p['valid_reference']}, "
+              f"xarray + dask {p['valid_other']}); alpha differs at {p['alpha_differ']}, R/G/B at {p['rgb_differ']} "
+              f"({p['rgb_off_by_one']} by 1, at most {p['rgb_max_abs_diff']})"
+              + ("   identical" if p["identical"] else "   DIFFERENT"))
+    print("  targets met" if r["targets_met"] else "  TARGETS NOT MET")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpi_s2.tools.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -357,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--case", default="all",
                         help="comma-separated INPUT[:CODEC][+cog][+hdf5][+quicklook] (INPUT gtiff, jp2 or mosaic; "
+                             "or series: 6 dates, --composite median --cloud-mask against xarray + dask; "
                              "CODEC zstd, deflate, lzw; +hdf5: mpi_s2 --backend hdf5; +quicklook: mpi_s2 without "
                              "and with --quicklook; default " + ",".join(DEFAULT_CASES) + ")")
     parser.add_argument("--ranks", type=int, help="override the rank count of the case(s)")
@@ -367,7 +681,17 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_"))}
     results = []
     cases = {"gtiff": (gtiff_case, 2), "jp2": (jp2_case, 3), "mosaic": (mosaic_case, 3)}
-    for spec in (DEFAULT_CASES if args.case == "all" else tuple(args.case.split(","))):
+    specs = DEFAULT_CASES if args.case == "all" else tuple(args.case.split(","))
+    if "series" in specs:
+        check_peer(env)  # before hours of other cases
+    for spec in specs:
+        if spec == "series":
+            directory = os.path.join(args.dir, "series")
+            os.makedirs(directory, exist_ok=True)
+            _BACKEND["hdf5"] = False
+            results.append(run_series_case(directory, args.size, args.repeat, env, args.ranks or SERIES_RANKS))
+            print_series_result(results[-1])
+            continue
         quicklook = spec.endswith("+quicklook")
         spec = spec.removesuffix("+quicklook")
         _BACKEND["hdf5"] = spec.endswith("+hdf5")
@@ -376,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, codec = base.removesuffix("+cog").partition(":")
         if name not in cases or (codec and codec not in OUTPUT_CODECS):
             parser.error(f"--case {spec}: expected INPUT[:CODEC][+cog] with INPUT in {', '.join(cases)} and "
-                         f"CODEC in {', '.join(OUTPUT_CODECS)}")
+                         f"CODEC in {', '.join(OUTPUT_CODECS)}, or series")
         directory = os.path.join(args.dir, name)
         os.makedirs(directory, exist_ok=True)
         make, ranks = cases[name]

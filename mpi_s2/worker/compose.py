@@ -60,10 +60,11 @@ class WindowComposer:
                                           s.mask_dataset if use_mask else None, on_decode=on_decode)
         return self._readers[i]
 
-    def _read(self, i: int, local: Window, stats: RankStats):
-        """Bands and the masked-class flags of source ``i`` over ``local`` (source pixel coordinates)."""
+    def _read(self, i: int, local: Window, stats: RankStats, into: tuple[np.ndarray, ...] | None = None):
+        """Bands (into ``into`` if given, else the composer's buffers) and the masked-class flags of source ``i``
+        over ``local`` (source pixel coordinates)."""
         reader = self._reader(i)
-        bands = tuple(buf[: local.size].reshape(local.shape) for buf in self._dn)
+        bands = into or tuple(buf[: local.size].reshape(local.shape) for buf in self._dn)
         with stats.timer("read"):
             reader.read(local, bands)  # type: ignore[arg-type]
             invalid = None
@@ -123,7 +124,8 @@ class WindowComposer:
 
     def _render_stack(self, window: Window, covering: list[tuple[int, Window]], block: np.ndarray,
                       stats: RankStats) -> None:
-        """``--composite median|medoid``: every covering source is one observation of the window's pixels."""
+        """``--composite median|medoid``: every covering source is one observation of the window's pixels,
+        decoded once into the window's stack (directly where it covers the whole window)."""
         t, n = len(covering), window.size
         with stats.timer("compute"):
             dn = np.zeros((t, 3, n), dtype=np.uint16)
@@ -131,7 +133,10 @@ class WindowComposer:
             has_data = np.zeros(n, dtype=bool)
         masking = False
         for k, (i, part) in enumerate(covering):
-            bands, invalid = self._read(i, relative_to(part, self.sources[i].placement), stats)
+            local = relative_to(part, self.sources[i].placement)
+            whole = part == window
+            into = tuple(dn[k, b].reshape(window.shape) for b in range(3)) if whole else None
+            bands, invalid = self._read(i, local, stats, into)
             with stats.timer("compute"):
                 rows, cols = relative_to(part, window).toslices()
                 take = valid_mask(bands)
@@ -139,18 +144,20 @@ class WindowComposer:
                     masking = True
                     has_data.reshape(window.shape)[rows, cols] |= take
                     take &= ~invalid
-                for b in range(3):
-                    dn[k, b].reshape(window.shape)[rows, cols] = bands[b]
+                if not whole:
+                    for b in range(3):
+                        dn[k, b].reshape(window.shape)[rows, cols] = bands[b]
                 valid[k].reshape(window.shape)[rows, cols] = take
         with stats.timer("compute"):
             offsets = np.array([[int(st.offset) for st in self.sources[i].stretches] for i, _ in covering],
                                dtype=np.int64)
             doubled, any_valid = composite(dn, offsets, valid, self.composite)
-            index = doubled - self._base
-            index[:, ~any_valid] = 0
+            del dn
+            doubled -= self._base  # the lookup table's index, in place
+            doubled[:, ~any_valid] = 0
             for b in range(3):
                 out = block[b].reshape(n)
-                np.take(self._doubled_lut, index[b], out=out)
+                np.take(self._doubled_lut, doubled[b], out=out)
                 out *= any_valid
             stats.valid_pixels += int(np.count_nonzero(any_valid))
             if masking:
