@@ -161,6 +161,8 @@ OUTPUT_CODECS = {"zstd": ["COMPRESS=ZSTD", "ZSTD_LEVEL=1", "PREDICTOR=2"], "lzw"
 
 def jp2_case(directory: str, size: int, ranks: int, codec: str | None = "zstd", cog: bool = False) -> Case:
     codec = codec or "zstd"
+    directory = os.path.join(directory, f"size-{size}")  # inputs and floor per size (one product name for all)
+    os.makedirs(directory, exist_ok=True)
     stamp = os.path.join(directory, f"product-{size}.done")
     if not os.path.exists(stamp):
         print(f"generating a {size} x {size} synthetic L2A product (JPEG 2000, tiled 1024)... (minutes, once)",
@@ -199,6 +201,7 @@ def mosaic_case(directory: str, size: int, ranks: int, codec: str = "zstd", cog:
     """2 x 2 full-size L2A products on Sentinel-2 spacing, the second one 40 % beyond the swath edge."""
     layout = [(0, 0, 0.0), (1, 0, 0.4), (0, 1, 0.0), (1, 1, 0.0)]
     products = []
+    directory = os.path.join(directory, f"size-{size}")  # inputs and floor per size (one product name for all)
     for k, (dx, dy, edge) in enumerate(layout):
         tile_dir = os.path.join(directory, f"tile{k}")
         stamp = os.path.join(tile_dir, f"product-{size}.done")
