@@ -287,3 +287,66 @@ def test_a_2x2_mosaic_of_3_dates_composes_every_observation_of_a_pixel(tmp_path)
     assert_equals_reference(out, rgb, any_valid)
     assert report["composite"]["observations_per_window"] == 12  # the window over the corner overlap
     assert valid.sum(axis=0).max() >= 9  # the overlap's pixels have valid observations from all four tiles
+
+
+def test_median_and_medoid_over_a_real_l2a_clip_and_two_derived_dates(tmp_path):
+    """The real Earth Search COGs of T29RKH (100 m, SCL 200 m) as one date, and two more dates derived from
+    them: one with a bright cloud (SCL 9) and a dark shadow (SCL 3) over parts of the clip, and one with a +2 %
+    gain and a strip of nodata. Median and medoid with --cloud-mask against numpy on the files as written."""
+    from conftest import REAL_DATA, require
+
+    real = REAL_DATA / "l2a-cog-T29RKH"
+    require((real / "B04.tif").exists(), f"the real Sentinel-2 files in {real}",
+            "put the project's shared/ beside the checkout, or set MPI_S2_REAL_DATA=DIR")
+    names = ("B04", "B03", "B02")
+    source = {b: gdal.Open(str(real / f"{b}.tif")) for b in names}
+    dn = np.stack([source[b].ReadAsArray() for b in names])
+    scl = gdal.Open(str(real / "SCL.tif")).ReadAsArray()
+
+    def write(path: Path, array: np.ndarray, like) -> str:
+        out = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[1], array.shape[0], 1,
+                                                   gdal.GDT_UInt16 if array.dtype == np.uint16 else gdal.GDT_Byte,
+                                                   ["TILED=YES", "COMPRESS=DEFLATE"])
+        out.SetGeoTransform(like.GetGeoTransform())
+        out.SetProjection(like.GetProjection())
+        out.GetRasterBand(1).WriteArray(array)
+        out = None
+        return str(path)
+
+    cloudy, gained = dn.copy(), np.clip(dn.astype(np.int64) * 102 // 100, 0, 65535).astype(np.uint16)
+    cloudy_scl, gained_scl = scl.copy(), scl.copy()
+    cloudy[:, 100:400, 200:700] = 8500
+    cloudy_scl[50:200, 100:350] = 9
+    cloudy[:, 600:800, 100:300] //= 3
+    cloudy_scl[300:400, 50:150] = 3
+    gained[:, :, 900:] = 0  # beyond this date's swath
+    sets = [("--red", str(real / "B04.tif"), "--green", str(real / "B03.tif"), "--blue", str(real / "B02.tif"),
+             "--scl", str(real / "SCL.tif"), "--date", "2020-02-19")]
+    derived = [(cloudy, cloudy_scl, "2020-02-24"), (gained, gained_scl, "2020-02-29")]
+    for k, (bands, classes, date) in enumerate(derived):
+        paths = [write(tmp_path / f"{b}-{k}.tif", bands[i], source[b]) for i, b in enumerate(names)]
+        sets.append(("--red", paths[0], "--green", paths[1], "--blue", paths[2],
+                     "--scl", write(tmp_path / f"SCL-{k}.tif", classes, gdal.Open(str(real / "SCL.tif"))),
+                     "--date", date))
+    stack = np.stack([dn, cloudy, gained]).astype(np.float64)
+    classes = np.stack([np.repeat(np.repeat(c, 2, axis=0), 2, axis=1) for c in (scl, cloudy_scl, gained_scl)])
+    valid = (stack != 0).all(axis=1) & ~np.isin(classes, MASKED)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(np.where(valid[:, None], stack, np.nan), axis=0)
+    any_valid = valid.any(axis=0)
+    # --order date-desc: the latest first; the medoid's ties go to the earliest in that order
+    distance = np.where(valid[::-1], np.abs(stack[::-1] - median[None]).sum(axis=1), np.inf)
+    medoid = np.take_along_axis(stack[::-1], np.argmin(distance, axis=0)[None, None], axis=0)[0]
+    assert (valid.sum(axis=0) == 2).any() and (valid.sum(axis=0) == 3).any() and any_valid.mean() > 0.5
+    for mode, value in (("median", median), ("medoid", medoid)):
+        out = tmp_path / f"{mode}.tif"
+        args = ["compose", *[a for s in sets for a in s], "-o", str(out), "--composite", mode, "--max-reflectance",
+                "0.3", "--order", "date-desc", "-q"]
+        result = run_mpi_s2(args, ranks=3)
+        assert result.returncode == 0, result.stderr
+        rgb = render(np.nan_to_num(value), max_reflectance=0.3)
+        rgb[:, ~any_valid] = 0
+        assert_equals_reference(out, rgb, any_valid)
+        assert gdal.Open(str(out)).GetGeoTransform() == source["B04"].GetGeoTransform()
