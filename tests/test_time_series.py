@@ -236,6 +236,22 @@ def test_bad_composite_input_is_one_line(series, tmp_path, case, extra, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_an_observation_that_cannot_be_placed_on_the_grid_is_one_line(series, tmp_path):
+    """A band set without a CRS among georeferenced products (it was an internal error, exit 1)."""
+    from conftest import write_band
+
+    made = series(3)
+    files = [write_band(tmp_path / f"{b}.tif", np.full((64, 64), 1000, dtype=np.uint16), epsg=None, block=64)
+             for b in ("B04", "B03", "B02")]
+    out = tmp_path / "c.tif"
+    result = run_mpi_s2(["compose", *made.products, "--red", files[0], "--green", files[1], "--blue", files[2],
+                         "-o", str(out), "--composite", "median"], ranks=2)
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result.stderr) == [f"mpi_s2: error: {files[0]}: has no CRS, so it cannot be placed on the "
+                                          f"grid of {made.products[0]}"], result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B02.tif", "B03.tif", "B04.tif"]
+
+
 def test_medoid_with_no_valid_pixel_anywhere_writes_an_empty_image_and_says_so(tmp_path):
     from conftest import write_band
 

@@ -113,6 +113,9 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
     target = _srs(crs, "--crs") if crs else _srs(first_grid.crs_wkt, tiles[0].label) if first_grid.crs_wkt else None
     if target is None and len(tiles) > 1:
         raise InputError(f"{tiles[0].label}: has no CRS, so it cannot be mosaicked")
+    for tile, (grid, _infos) in zip(tiles[1:], inspected[1:], strict=True):
+        if not grid.crs_wkt:
+            raise InputError(f"{tile.label}: has no CRS, so it cannot be placed on the grid of {tiles[0].label}")
     target_wkt = target.ExportToWkt() if target is not None else ""
     gt0 = first_grid.geotransform
     res = abs(gt0[1])
