@@ -155,6 +155,21 @@ def test_the_same_bytes_for_every_rank_count_schedule_backend_window_and_cog(ser
         assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), expected), (ranks, extra)
 
 
+def test_the_same_bytes_for_windows_of_256_512_and_1024(tmp_path):
+    """A 1024 x 1024 series of 3 dates (JPEG 2000 tiled 256): windows of 256, 512 and 1024 (output tiles of
+    256), medoid, on 3 ranks, and the default window on 1 rank: one image."""
+    made = synthesize_series(str(tmp_path / "series"), SeriesOptions(dates=3, size=1024, jp2_block=256))
+    images = []
+    for window in ("256", "512", "1024", None):
+        out = tmp_path / f"w{window}.tif"
+        extra = ["--window", window] if window else []
+        compose(made.products, out, "--composite", "medoid", "--cloud-mask", "--co", "BLOCKXSIZE=256", "--co",
+                "BLOCKYSIZE=256", *extra, ranks=3 if window else 1)
+        images.append(gdal.Open(str(out)).ReadAsArray())
+    assert all(np.array_equal(images[0], other) for other in images[1:])
+    assert_equals_reference(tmp_path / "w256.tif", *reference(made.products, "medoid", True))
+
+
 def test_resume_after_sigkill_gives_the_same_composite(series, tmp_path):
     made = series(4)
     args = ["compose", *made.products, "--composite", "medoid", "--cloud-mask", "--window", "128", "--co",
