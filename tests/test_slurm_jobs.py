@@ -284,24 +284,25 @@ def test_time_limit_warning_requeues_the_job_and_it_resumes(cluster, scene, refe
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("cluster", [1], indirect=True, ids=["one-node"])  # about 3 minutes: one layout
+@pytest.mark.parametrize("cluster", [1], indirect=True, ids=["one-node"])  # about 4 minutes: one layout
 def test_a_real_time_limit_requeues_the_job_and_slurm_runs_the_next_attempt(cluster, scene, reference, valid,
                                                                             tmp_path):
-    """The whole path with nothing simulated: a job with `--time=1 --signal=B:TERM@40` stalls (worker 1, first
-    attempt only); Slurm itself sends the warning, the script stops mpi_s2 (the writer journals what it placed)
+    """The whole path with nothing simulated: a job with `--time=3 --signal=B:TERM@60` stalls (worker 1, first
+    attempt only); Slurm itself sends the warning (it may come up to 60 s early: at 60 s of run time at the
+    earliest, long after the stall), the script stops mpi_s2 (the writer journals what it placed)
     and requeues the job; Slurm holds the requeued attempt back (about 2 minutes here) and then runs it, and
     that attempt (the same command, --resume=auto) reuses the windows and ends COMPLETED with the reference's
     pixels, in the same log."""
     log = tmp_path / "job.out"
-    submitted = cluster.run("sbatch", "--parsable", "-o", str(log), *cluster.layout, "--time=1",
-                            "--signal=B:TERM@40", "--export=ALL,MPI_S2_PROGRESS_DELAY_S=0,MPI_S2_TEST_FAULT=1:2:stall,"
+    submitted = cluster.run("sbatch", "--parsable", "-o", str(log), *cluster.layout, "--time=3",
+                            "--signal=B:TERM@60", "--export=ALL,MPI_S2_PROGRESS_DELAY_S=0,MPI_S2_TEST_FAULT=1:2:stall,"
                             "MPI_S2_TEST_FAULT_ATTEMPT=0", str(REPO / "jobs" / "compose.sbatch"),
                             *compose_args(scene, tmp_path), cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
     wait_for_log(log, "stalls after 2 windows")
     placed = wait_until_placed(log)
-    states = wait_for_state(cluster, job_id, ("COMPLETED",), timeout=JOB_TIMEOUT)
+    states = wait_for_state(cluster, job_id, ("COMPLETED",), timeout=480)  # warning, 2 min held, the attempt
     text = log.read_text()
     assert "SIGTERM received: passed on to the ranks" in text and "requeued; the next attempt resumes" in text, text
     assert "mpi_s2: stopped (rank 0): SIGTERM" in text and text.count("the partial run is kept beside") == 1, text
