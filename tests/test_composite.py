@@ -13,6 +13,8 @@ from mpi_s2.pixels.composite import (
     check_stretches,
     composite,
     doubled_lut,
+    sort_rows,
+    sorting_network,
     window_budget_side,
 )
 from mpi_s2.pixels.radiometry import Stretch
@@ -40,7 +42,7 @@ def reference(dn: np.ndarray, offsets: np.ndarray, valid: np.ndarray, mode: str)
 
 
 @pytest.mark.parametrize("mode", ["median", "medoid"])
-@pytest.mark.parametrize("dates", [1, 2, 3, 4, 7, 12])
+@pytest.mark.parametrize("dates", [1, 2, 3, 4, 7, 12, 32, 33])
 def test_composite_equals_numpy_from_the_definition(mode, dates):
     rng = np.random.default_rng(dates)
     n = 4000
@@ -60,6 +62,30 @@ def test_composite_equals_numpy_from_the_definition(mode, dates):
         assert (counts % 2 == 0).any() and (counts % 2 == 1).any()
     if mode == "median" and dates >= 2:
         assert (doubled[:, any_valid] % 2 == 1).any()  # a half-integer median, kept exact
+
+
+@pytest.mark.parametrize("mode", ["median", "medoid"])
+def test_composite_at_the_ends_of_the_dn_range(mode):
+    """DN 1 with offset -1000 beside DN 65535 with offset 0: no overflow, the same values as numpy."""
+    rng = np.random.default_rng(7)
+    dates, n = 5, 3000
+    dn = np.where(rng.random((dates, 3, n)) < 0.5, 1, 65535).astype(np.uint16)
+    offsets = np.array([[-1000] * 3, [0] * 3, [-1000] * 3, [0] * 3, [-1000] * 3])
+    valid = rng.random((dates, n)) > 0.2
+    doubled, any_valid = composite(dn, offsets, valid, mode)
+    expected = reference(dn, offsets, valid, mode)
+    assert np.array_equal(doubled[:, any_valid] / 2.0, expected[:, any_valid])
+
+
+@pytest.mark.parametrize("n", list(range(1, 34)) + [64])
+def test_the_sorting_network_sorts_like_numpy(n):
+    rng = np.random.default_rng(n)
+    values = rng.integers(-5, 5, (n, 500)).astype(np.int32)  # many ties
+    values[:, :3] = np.arange(n)[::-1, None]  # reversed
+    expected = np.sort(values, axis=0)
+    sort_rows(values, np.empty(500, dtype=np.int32))
+    assert np.array_equal(values, expected)
+    assert all(0 <= a < b < n for a, b in sorting_network(n))
 
 
 @pytest.mark.parametrize("gamma, top", [(2.2, 1.0), (1.0, 0.3), (1.7, 0.25)])

@@ -30,7 +30,14 @@ from mpi_s2.inputs.bands import epsg_code
 from mpi_s2.inputs.block_counts import DecodeCounter, merge_counts
 from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.parallel import termination
-from mpi_s2.parallel.gdal_env import config_options, decoder_threads, rank_options
+from mpi_s2.parallel.gdal_env import (
+    DEFAULT_CACHE_MB,
+    block_cache,
+    config_options,
+    decoder_threads,
+    rank_options,
+    worker_cache_mb,
+)
 from mpi_s2.parallel.hdf5_backend import compose_via_hdf5
 from mpi_s2.parallel.leftovers import (
     WRITER_WAIT_S,
@@ -125,7 +132,8 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
     threads, nodes = decoder_threads(comm, roles)
     stats.decoder_threads = threads
     preview: tuple[int, int] | None = None
-    with config_options(rank_options(threads)):
+    cache_mb = worker_cache_mb(config.composite) if roles.is_worker else DEFAULT_CACHE_MB
+    with config_options(rank_options(threads, cache_mb)), block_cache(cache_mb):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
         if plan.complete:
             return _already_complete(plan, run, comm.size) if roles.is_planner else None

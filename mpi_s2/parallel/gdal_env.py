@@ -13,6 +13,27 @@ gdal.UseExceptions()
 #: Per-process block cache in MB. GDAL's default (5% of RAM) would let a writer hold >1 GB of dirty tiles;
 #: windows are aligned with blocks, so a small cache loses nothing.
 DEFAULT_CACHE_MB = 64
+#: A worker of a ``--composite median|medoid`` run: its windows' reads each take one block of each of T x 3 band
+#: files, none read again, so a cache only holds what is done with. Measured on 6 full-tile dates: a 64 MB cache
+#: grows the worker by 81 MB, an 8 MB one by 27 MB, at the same decoding speed.
+STACK_CACHE_MB = 16
+
+
+def worker_cache_mb(composite: str) -> int:
+    """The block cache of a worker rank: small where windows stack many dates (see :data:`STACK_CACHE_MB`)."""
+    return DEFAULT_CACHE_MB if composite == "first" else STACK_CACHE_MB
+
+
+@contextlib.contextmanager
+def block_cache(mb: int) -> Iterator[None]:
+    """GDAL's block cache at ``mb`` MB for the duration of the block, restored after. Set directly: GDAL reads
+    ``GDAL_CACHEMAX`` only once per process."""
+    previous = gdal.GetCacheMax()
+    gdal.SetCacheMax(mb << 20)
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(previous)
 
 
 @contextlib.contextmanager
