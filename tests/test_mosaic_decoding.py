@@ -201,3 +201,39 @@ def test_dynamic_schedule_balances_what_static_does_not(edge_and_zone, tmp_path)
     assert [i for b in dynamic_batches for i in b] == list(range(len(windows)))
     sizes = [len(b) for b in dynamic_batches]
     assert all(1 <= n <= MAX_BATCH for n in sizes) and sizes == sorted(sizes, reverse=True) and sizes[-1] == 1
+
+
+@pytest.mark.parametrize("window", [(0, 0, 64, 64), (3, 5, 61, 57), (1, 1, 1, 1), (100, 37, 28, 91)])
+def test_a_20m_scl_read_on_its_own_grid_equals_its_pixels_repeated_2x2(tmp_path, window):
+    """The SCL of a 10 m band set, read on its own 20 m grid and repeated 2 x 2 by numpy (mask_factor 2), equals
+    the SCL's pixels repeated with np.repeat, for windows on and off the 2-pixel grid."""
+    from osgeo import gdal
+
+    from mpi_s2.inputs.bands import Grid, TileReader, inspect_mask
+    from mpi_s2.planning.mosaic import mask_factor
+    from mpi_s2.windows import Window
+
+    gt10 = (500000.0, 10.0, 0.0, 5300000.0, 0.0, -10.0)
+    rng = np.random.default_rng(3)
+    scl = rng.integers(0, 12, (64, 64), dtype=np.uint8)
+    paths = {}
+    for name, size, gt, data in (("b", 128, gt10, None), ("scl", 64, (gt10[0], 20.0, 0.0, gt10[3], 0.0, -20.0), scl)):
+        path = str(tmp_path / f"{name}.tif")
+        ds = gdal.GetDriverByName("GTiff").Create(path, size, size, 1, gdal.GDT_UInt16 if data is None else
+                                                  gdal.GDT_Byte)
+        ds.SetGeoTransform(gt)
+        ds.SetProjection("EPSG:32632")
+        if data is not None:
+            ds.GetRasterBand(1).WriteArray(data)
+        ds = None
+        paths[name] = path
+    mask_grid = inspect_mask(paths["scl"]).grid
+    assert mask_factor(Grid(128, 128, gt10, mask_grid.crs_wkt), mask_grid) == 2
+    assert mask_factor(Grid(128, 128, (gt10[0] + 10, *gt10[1:]), mask_grid.crs_wkt), mask_grid) == 0  # shifted
+    reader = TileReader((paths["b"],) * 3, (paths["b"],) * 3, paths["scl"], paths["scl"], mask_factor=2)
+    w = Window(*window)
+    out = np.empty(w.shape, dtype=np.uint8)
+    reader.read_mask(w, out)
+    expected = np.repeat(np.repeat(scl, 2, axis=0), 2, axis=1)[w.row_off:w.row_off + w.height,
+                                                               w.col_off:w.col_off + w.width]
+    assert np.array_equal(out, expected)

@@ -160,8 +160,11 @@ class TileReader:
     """
 
     def __init__(self, files: tuple[str, ...], datasets: tuple[str, ...], mask_file: str | None = None,
-                 mask_dataset: str | None = None, on_decode: Callable[[str, Window], None] | None = None):
-        """``on_decode(file, window)`` is called after each read of a band file itself (not of a copy or VRT)."""
+                 mask_dataset: str | None = None, on_decode: Callable[[str, Window], None] | None = None,
+                 mask_factor: int = 0):
+        """``on_decode(file, window)`` is called after each read of a band file itself (not of a copy or VRT).
+        ``mask_factor`` ``f`` > 1: the mask dataset is on its own grid, one pixel per ``f x f`` band pixels."""
+        self.mask_factor = mask_factor
         self.files = files + ((mask_file,) if mask_file else ())
         pairs = list(zip(self.files, datasets + ((mask_dataset,) if mask_dataset else ()), strict=True))
         self._decodes = [on_decode if on_decode and d == f else None for f, d in pairs]
@@ -197,5 +200,19 @@ class TileReader:
             self.read_band(i, window, buf)
 
     def read_mask(self, window: Window, out: np.ndarray) -> None:
-        """Fill ``out`` (``window.shape`` uint8) with the scene classification."""
-        self.read_band(3, window, out)
+        """Fill ``out`` (``window.shape`` uint8) with the scene classification: read on its own grid and
+        repeated ``f x f`` (nearest neighbour, what a warp to the bands' grid gives, several times faster)."""
+        f = self.mask_factor
+        if f <= 1:
+            self.read_band(3, window, out)
+            return
+        r0, c0 = window.row_off // f, window.col_off // f
+        r1, c1 = -(-(window.row_off + window.height) // f), -(-(window.col_off + window.width) // f)
+        native = np.empty((r1 - r0, c1 - c0), dtype=np.uint8)
+        self.read_band(3, Window(c0, r0, c1 - c0, r1 - r0), native)
+        if window.row_off % f == 0 and window.col_off % f == 0 and window.height % f == 0 and window.width % f == 0:
+            out.reshape(window.height // f, f, window.width // f, f)[...] = native[:, None, :, None]
+        else:
+            dr, dc = window.row_off - r0 * f, window.col_off - c0 * f
+            expanded = np.repeat(np.repeat(native, f, axis=0), f, axis=1)
+            out[...] = expanded[dr:dr + window.height, dc:dc + window.width]

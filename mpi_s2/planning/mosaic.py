@@ -71,7 +71,10 @@ class TileSource:
     band_grid: Grid  # the grid of the band files
     block_size: tuple[int, int]  # of the band files
     band_warp: WarpSpec | None = None  # set when reprojected: datasets == band_warp.xml(file)
-    mask_warp: WarpSpec | None = None  # set with a mask: mask_dataset == mask_warp.xml(scl)
+    mask_warp: WarpSpec | None = None  # set with a mask: mask_dataset == mask_warp.xml(scl), unless mask_factor
+    # > 0: the SCL (or its staged copy) is read on its own grid, whose pixel (r, c) covers the band pixels
+    # (r * f .. r * f + f - 1, c * f ..): Sentinel-2's 20 m SCL beside 10 m bands (f = 2), upsampled by numpy
+    mask_factor: int = 0
 
 
 def _srs(wkt_or_user: str, label: str) -> osr.SpatialReference:
@@ -156,13 +159,15 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
             datasets = tuple(band_warp.xml(f) for f in tile.files)  # type: ignore[assignment]
             reprojected = True
         mask = mask_warp = None
+        factor = 0
         if tile.scl:
             mask_warp = WarpSpec(target_wkt or grid.crs_wkt,
                                  _placement_bounds(placement, origin, res) if target is not None else _bounds(grid),
                                  res, "near")
-            mask = mask_warp.xml(tile.scl)
+            factor = 0 if reprojected else mask_factor(grid, inspect_mask(tile.scl).grid)
+            mask = tile.scl if factor else mask_warp.xml(tile.scl)
         placed.append((tile, placement, datasets, mask, reprojected, band_warp if reprojected else None,
-                       mask_warp, grid, _infos[0].block_size))
+                       mask_warp, grid, _infos[0].block_size, factor))
 
     min_col = min(p[1].col_off for p in placed)
     min_row = min(p[1].row_off for p in placed)
@@ -176,10 +181,27 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
         TileSource(label=tile.label, files=tile.files, datasets=datasets, scl=tile.scl, mask_dataset=mask,
                    placement=Window(p.col_off - min_col, p.row_off - min_row, p.width, p.height),
                    stretches=tile.stretches, radiometry_note=tile.radiometry_note, reprojected=reprojected,
-                   band_grid=band_grid, block_size=block_size, band_warp=band_warp, mask_warp=mask_warp)
-        for tile, p, datasets, mask, reprojected, band_warp, mask_warp, band_grid, block_size in placed
+                   band_grid=band_grid, block_size=block_size, band_warp=band_warp, mask_warp=mask_warp,
+                   mask_factor=factor)
+        for tile, p, datasets, mask, reprojected, band_warp, mask_warp, band_grid, block_size, factor in placed
     ]
     return grid, sources, first_infos[0].block_size
+
+
+def mask_factor(bands: Grid, mask: Grid) -> int:
+    """``f`` when the mask's pixels are whole ``f x f`` blocks of the bands' pixels (same CRS and origin,
+    north-up, a whole multiple of their size, covering them), else 0 (it is warped onto the bands' grid)."""
+    gb, gm = bands.geotransform, mask.geotransform
+    res = gb[1]
+    if gb[2] or gb[4] or gm[2] or gm[4] or gb[5] != -res or gm[5] != -gm[1] or not same_crs(bands.crs_wkt,
+                                                                                         mask.crs_wkt):
+        return 0
+    f = round(gm[1] / res)
+    if f < 1 or abs(gm[1] - f * res) > 1e-9 * res or abs(gm[0] - gb[0]) > 1e-6 * res or abs(gm[3] - gb[3]) > 1e-6 * res:
+        return 0
+    if mask.width * f < bands.width or mask.height * f < bands.height:
+        return 0
+    return f
 
 
 def _placement_bounds(w: Window, origin: tuple[float, float], res: float) -> tuple[float, float, float, float]:

@@ -164,17 +164,18 @@ def _write_raw_vrt(original: str, vrt: str, raw: str, data_type: str) -> None:
 
 
 def plan_staging(sources: list[TileSource], window_size: tuple[int, int], output: str, *, cloud_mask: bool,
-                 parent: str | None = None, single_node: bool = False
+                 parent: str | None = None, single_node: bool = False, extra_bytes: int = 0
                  ) -> tuple[list[TileSource], list[StagedFile], list[StageUnit], str | None]:
     """Decide what to stage and where, create the copies' VRTs, and point the sources at them.
 
     Returns the sources (staged ones now open the copies), the staged files, the units (in source order,
-    bands then SCL, row-major) and the staging directory (None when nothing is staged).
+    bands then SCL, row-major) and the staging directory (None when nothing is staged and ``extra_bytes``, the
+    room something else of the run needs there, is 0).
     """
     todo = _staged_files(sources, window_size, cloud_mask)
-    if not todo:
+    if not todo and not extra_bytes:
         return list(sources), [], [], None
-    needed = sum(grid.width * grid.height * _ITEMSIZE[dtype] for *_, dtype, _block, grid in todo)
+    needed = extra_bytes + sum(grid.width * grid.height * _ITEMSIZE[dtype] for *_, dtype, _block, grid in todo)
     directory = staging_directory(output, choose_staging_parent(parent, single_node, needed))
     shutil.rmtree(directory, ignore_errors=True)  # left by a run that was killed
     try:
@@ -196,7 +197,8 @@ def plan_staging(sources: list[TileSource], window_size: tuple[int, int], output
         k = len(staged) - 1
         if kind == "scl":
             units += [StageUnit(i, (k,), w) for w in unit_windows(grid, block)]
-            changes[i]["mask_dataset"] = sources[i].mask_warp.xml(staged[k].vrt)
+            changes[i]["mask_dataset"] = (staged[k].vrt if sources[i].mask_factor
+                                          else sources[i].mask_warp.xml(staged[k].vrt))
         elif kind == "blue":
             idx = (k - 2, k - 1, k)
             units += [StageUnit(i, idx, w) for w in unit_windows(grid, block)]

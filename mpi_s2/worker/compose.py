@@ -57,7 +57,8 @@ class WindowComposer:
                 def on_decode(file: str, window: Window) -> None:
                     counter.record(i, file, window, block)
             self._readers[i] = TileReader(s.files, s.datasets, s.scl if use_mask else None,
-                                          s.mask_dataset if use_mask else None, on_decode=on_decode)
+                                          s.mask_dataset if use_mask else None, on_decode=on_decode,
+                                          mask_factor=s.mask_factor if use_mask else 0)
         return self._readers[i]
 
     def _read(self, i: int, local: Window, stats: RankStats, into: tuple[np.ndarray, ...] | None = None):
