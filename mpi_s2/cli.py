@@ -202,22 +202,9 @@ def _percent(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mpi-s2", description="MPI-parallel Sentinel-2 true-colour GeoTIFFs.")
-    parser.add_argument("--version", action="version", version=f"mpi_s2 {__version__}")
-    verbosity = _Parser(add_help=False)
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors, no progress line")
-    output = _output_options()
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    compose = sub.add_parser(
-        "compose", parents=[verbosity, output],
-        help="compose an RGB GeoTIFF from Sentinel-2 products or band files",
-        description="Compose a true-colour GeoTIFF from Sentinel-2 products (.SAFE folders or zips, L2A or "
-                    "L1C) and/or band files B04 (red), B03 (green), B02 (blue). Several inputs make one mosaic.",
-        epilog=COMPOSE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _compose_arguments(compose: argparse.ArgumentParser) -> None:
+    """The inputs, radiometry, selection, contrast and output options of compose (and of stretch, which counts
+    what compose would write)."""
     compose.add_argument("products", nargs="*", metavar="PRODUCT",
                          help="Sentinel-2 product: a .SAFE folder or a .zip of one (read in place)")
     bands = compose.add_argument_group("band files (repeat the three options for each band set of a mosaic)")
@@ -259,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only products acquired from FROM to TO (ISO dates, inclusive)")
     series.add_argument("--max-cloud-cover", type=_percent, metavar="P",
                         help="only products whose metadata's cloud cover is at most P %%")
+    contrast = compose.add_argument_group("contrast: one stretch for the whole run")
+    contrast.add_argument("--stretch", default="fixed", metavar="fixed|percentile:LOW,HIGH",
+                          help="fixed (default): the linear clamp at --max-reflectance; percentile:2,98: the "
+                               "2nd and 98th percentiles of every valid output pixel's DN + offset, counted "
+                               "exactly over the whole run (all ranks), become black and white")
+    contrast.add_argument("--stretch-bands", choices=("linked", "per-band"), default="linked",
+                          help="linked (default): one pair of limits for the three bands pooled (hues kept); "
+                               "per-band: one pair per band (white balanced too)")
+    contrast.add_argument("--stretch-from", metavar="JSON",
+                          help="apply the limits of this file (mpi-s2 stretch's output, or the report of a "
+                               "--stretch percentile run) instead of counting: separate jobs then match")
     bands.add_argument("--date", action="append", default=[], metavar="YYYY-MM-DD",
                        help="acquisition date of the band set (once per set, for --order date and --dates)")
     out = _group(compose, "output")  # with the shared -o, --co, --cog, --overwrite, --report, --progress-file
@@ -287,6 +285,34 @@ def build_parser() -> argparse.ArgumentParser:
                               "encode; hdf5: all workers write one parallel-HDF5 file collectively (OUTPUT with "
                               ".h5), then it is converted to the GeoTIFF in the same job")
     compose.add_argument("--keep-h5", action="store_true", help="hdf5 backend: keep the HDF5 file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mpi-s2", description="MPI-parallel Sentinel-2 true-colour GeoTIFFs.")
+    parser.add_argument("--version", action="version", version=f"mpi_s2 {__version__}")
+    verbosity = _Parser(add_help=False)
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log more")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors, no progress line")
+    output = _output_options()
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    compose = sub.add_parser(
+        "compose", parents=[verbosity, output],
+        help="compose an RGB GeoTIFF from Sentinel-2 products or band files",
+        description="Compose a true-colour GeoTIFF from Sentinel-2 products (.SAFE folders or zips, L2A or "
+                    "L1C) and/or band files B04 (red), B03 (green), B02 (blue). Several inputs make one mosaic.",
+        epilog=COMPOSE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _compose_arguments(compose)
+    stretch = sub.add_parser(
+        "stretch", parents=[verbosity, output],
+        help="count the percentile stretch of a region without writing an image (for --stretch-from)",
+        description="Count, over every valid pixel the same compose command would write, the percentiles of "
+                    "--stretch percentile:LOW,HIGH (default 2,98), and write the limits to -o FILE.json. Jobs "
+                    "that compose parts of the region with --stretch-from FILE.json then match without seams.",
+    )
+    _compose_arguments(stretch)
+    stretch.set_defaults(stretch="percentile:2,98")
 
     convert = sub.add_parser(
         "convert", parents=[verbosity, output],
@@ -339,6 +365,7 @@ def compose_config(args: argparse.Namespace):
     from mpi_s2.config import BandFiles, ComposeConfig
     from mpi_s2.inputs.cloudmask import parse_mask_classes
     from mpi_s2.pixels.radiometry import Stretch
+    from mpi_s2.pixels.stretch import parse_stretch, read_limits
 
     counts = {len(args.red), len(args.green), len(args.blue)}
     if len(counts) != 1:
@@ -355,6 +382,9 @@ def compose_config(args: argparse.Namespace):
     band_sets = tuple(BandFiles(r, g, b, s, d)
                       for r, g, b, s, d in zip(args.red, args.green, args.blue, scls, dates, strict=True))
     # validates the stretch options once, before any MPI work
+    parse_stretch(args.stretch, args.stretch_bands)
+    if args.stretch_from is not None:
+        read_limits(args.stretch_from)
     Stretch(offset=args.offset or 0.0, scale=args.scale or 10000.0, max_reflectance=args.max_reflectance,
             gamma=args.gamma)
     if args.scale is not None and args.scale <= 0:
@@ -364,7 +394,9 @@ def compose_config(args: argparse.Namespace):
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
         cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
         crs=args.crs, resampling=args.resampling, composite=args.composite, order=args.order, dates=args.dates,
-        max_cloud_cover=args.max_cloud_cover, alpha=not args.no_alpha, window=args.window,
+        max_cloud_cover=args.max_cloud_cover, stretch=args.stretch, stretch_bands=args.stretch_bands,
+        stretch_from=args.stretch_from, stretch_only=args.command == "stretch", alpha=not args.no_alpha,
+        window=args.window,
         schedule=args.schedule, staging_dir=args.staging_dir, cog=args.cog, backend=args.backend,
         keep_h5=args.keep_h5, quicklook=args.quicklook,
         quicklook_size=args.quicklook_size,
@@ -413,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 written = list(paths.values())
             logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
             return 0
-        if args.command == "compose":
+        if args.command in ("compose", "stretch"):
             config = compose_config(args)
     except MpiS2Error as exc:
         if launcher_rank() == 0:

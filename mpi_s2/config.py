@@ -44,6 +44,10 @@ class ComposeConfig:
     order: str = "given"  # or "cloud-cover", "date", "date-desc" (mpi_s2.planning.observations)
     dates: tuple[str, str] | None = None  # --dates FROM/TO (ISO dates, inclusive)
     max_cloud_cover: float | None = None  # --max-cloud-cover P (percent)
+    stretch: str = "fixed"  # or "percentile:LOW,HIGH" (see mpi_s2.pixels.stretch)
+    stretch_bands: str = "linked"  # or "per-band"
+    stretch_from: str | None = None  # apply the limits of this stretch file or report instead of counting
+    stretch_only: bool = False  # mpi-s2 stretch: count and write the limits to ``output`` (JSON), no image
     alpha: bool = True
     window: int | None = None
     schedule: str = "dynamic"  # or "static" (see mpi_s2.planning.scheduling)

@@ -4,8 +4,9 @@
 it SIGKILL (after half a second, so that what it sent has arrived and been journaled, as a real crash of a
 busy rank would find it); ``RANK:K:stall`` says so on stderr and sleeps, so that a test can signal a job
 caught in the middle. ``MPI_S2_TEST_FAULT_ATTEMPT=N`` restricts the fault to attempt N of a Slurm job that is
-requeued (``SLURM_RESTART_COUNT``, 0 or unset the first time). Unset, :func:`window_done` costs one dictionary
-lookup.
+requeued (``SLURM_RESTART_COUNT``, 0 or unset the first time). A fourth field names the pass whose windows
+count: ``windows`` (the default: the windows written) or ``counted`` (the counting pass of a percentile stretch).
+Unset, :func:`window_done` costs one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ if _SPEC and os.environ.get("MPI_S2_TEST_FAULT_ATTEMPT", os.environ.get("SLURM_R
     _SPEC = None  # another attempt of the requeued job
 
 
-def window_done(rank: int, count: int) -> None:
-    """Called by a rank each time it has handled a window (``count`` so far)."""
+def window_done(rank: int, count: int, phase: str = "windows") -> None:
+    """Called by a rank each time it has handled a window (``count`` so far in ``phase``)."""
     if not _SPEC:
         return
-    target, after, action = _SPEC.split(":")
-    if int(target) != rank or count != int(after):
+    target, after, action, *where = _SPEC.split(":")
+    if int(target) != rank or count != int(after) or (where[0] if where else "windows") != phase:
         return
     if action == "stall":
         sys.stderr.write(f"mpi_s2: test fault: rank {rank} stalls after {count} windows\n")

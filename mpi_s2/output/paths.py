@@ -48,7 +48,8 @@ def check_side_file(path: str, option: str) -> None:
 
 #: Scratch files beside the temporary output: a COG's tiles and coarse levels, the journal of a resumable run
 #: (see mpi_s2.output.tiff_assembly).
-SPOOL_KINDS = ("tiles", "levels", "journal", "kept")  # kept: the note that a failed run was kept was printed
+SPOOL_KINDS = ("tiles", "levels", "journal", "kept", "stretch")  # kept: the note that a failed run was kept was
+# printed; stretch: the limits of a --stretch percentile run (mpi_s2.parallel.stretch_pass)
 
 
 def spool_path(output: str, kind: str) -> str:

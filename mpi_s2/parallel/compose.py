@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -25,9 +26,10 @@ import numpy as np
 from mpi4py import MPI
 
 from mpi_s2.config import ComposeConfig
-from mpi_s2.errors import CollectiveFailure, MpiS2Error
+from mpi_s2.errors import CollectiveFailure, MpiS2Error, OutputError
 from mpi_s2.inputs.bands import epsg_code
 from mpi_s2.inputs.block_counts import DecodeCounter, merge_counts
+from mpi_s2.output.paths import partial_path
 from mpi_s2.output.tiff_assembly import TiffAssembler
 from mpi_s2.parallel import termination
 from mpi_s2.parallel.gdal_env import (
@@ -51,13 +53,22 @@ from mpi_s2.parallel.output_stage import open_output, write_output
 from mpi_s2.parallel.progress import Progress
 from mpi_s2.parallel.roles import PLANNER_RANK, WRITER_RANK, Roles
 from mpi_s2.parallel.run_report import RunReport
+from mpi_s2.parallel.stretch_pass import (
+    count_values,
+    counting_progress,
+    keep_stretch,
+    known_limits,
+    values_directory,
+)
 from mpi_s2.pixels.radiometry import LUT_SIZE
+from mpi_s2.pixels.stretch import STRETCH_ITEM, StretchLimits, kept_display_luts
 from mpi_s2.planning.mistakes import likely_mistakes
 from mpi_s2.planning.plan import Plan, make_plan, plan_luts
 from mpi_s2.planning.stage_plan import remove_staging
 from mpi_s2.report import RankStats, build_report, pixel_fractions, quicklook_seconds
 from mpi_s2.text import plural
-from mpi_s2.worker.items import compose_worker
+from mpi_s2.worker.items import ItemWorker, compose_worker
+from mpi_s2.worker.kept_values import KeptValuesSource, ValueStore
 
 log = logging.getLogger("mpi_s2")
 
@@ -81,9 +92,10 @@ def broadcast_plan(comm: MPI.Comm, roles: Roles, config: ComposeConfig, single_n
     return outcome if roles.is_planner else shared  # type: ignore[return-value]
 
 
-def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan) -> np.ndarray:
-    """The planner's ``(n_sources, 3, 65536)`` lookup tables on every rank (one ``Bcast`` of a uint8 buffer)."""
-    luts = plan_luts(plan) if roles.is_planner else np.empty((len(plan.sources), 3, LUT_SIZE), dtype=np.uint8)
+def broadcast_luts(comm: MPI.Comm, roles: Roles, plan: Plan, limits: StretchLimits | None = None) -> np.ndarray:
+    """The planner's ``(n_sources, 3, 65536)`` lookup tables on every rank (one ``Bcast`` of a uint8 buffer):
+    the contract's, or those of percentile ``limits``."""
+    luts = plan_luts(plan, limits) if roles.is_planner else np.empty((len(plan.sources), 3, LUT_SIZE), dtype=np.uint8)
     comm.Bcast([luts, MPI.UINT8_T], root=PLANNER_RANK)
     return luts
 
@@ -162,22 +174,33 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
             return progress
 
         try:
-            luts = broadcast_luts(comm, roles, plan)
-            worker = compose_worker(plan, luts, stats, counter) if roles.is_worker else None
-            if config.backend == "hdf5":
-                todo, preview = compose_via_hdf5(comm, roles, plan, worker, stats, open_progress, hdf5)
+            limits = known_limits(comm, roles, plan) if config.stretch != "fixed" or config.stretch_from else None
+            counted = limits is None and config.stretch != "fixed"
+            if counted:  # the counting pass: every window composed once, its values kept for the rendering
+                limits = count_values(comm, roles, plan, stats, counter, counting_progress(open_progress, plan),
+                                      keep=not config.stretch_only)
+                assert progress is not None
+                progress.close()
+            if limits is not None:
+                run.learn(stretch=limits.as_dict())
+                if roles.is_planner:
+                    log.info("stretch %s (%s): %s, over %s", config.stretch, limits.bands,
+                             _describe_limits(limits), plural(limits.pixels, "pixel"))
+            if config.stretch_only:
+                assert limits is not None
+                if roles.is_planner:
+                    write_stretch(config.output, limits)
+                todo, preview = list[int](), None
             else:
-                assembler = open_output(comm, roles, plan.output)
-                if roles.is_writer:
-                    forget_note(config.output)  # this attempt starts: its failure is noted again
-                if assembler is not None:  # a stop journals what is placed at once, keeps the partial run, and
-                    # syncs last (mpirun's SIGKILL may cut that: the page cache keeps what was written)
-                    forget_commit.append(termination.on_signal(lambda signum: commit_on_stop(assembler)))
-                    forget_commit.append(termination.on_signal(lambda signum: assembler.sync_placed(), last=True))
-                todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
-                phases = {"staging": plan.work.stage_count(todo), "windows": len(todo)}
-                preview = write_output(comm, roles, plan.output, plan.work, worker, stats, open_progress(phases),
-                                       assembler, todo)
+                if limits is not None:
+                    plan = with_stretch(plan, limits, rendering_pass=counted)
+                luts = broadcast_luts(comm, roles, plan, None if counted else limits)
+                worker = None
+                if roles.is_worker:
+                    worker = (kept_values_worker(plan, limits, stats, counter) if counted and limits is not None
+                              else compose_worker(plan, luts, stats, counter, limits))
+                todo, preview = _write(comm, roles, plan, worker, stats, open_progress, hdf5, forget_commit,
+                                       limits)
         except CollectiveFailure:
             remove_staging(plan.staging_directory)
             raise  # before anything was written (a resume that does not match: nothing touched)
@@ -222,6 +245,67 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
     log.info("wrote %s (%d x %d, %s, %s) in %.1f s", config.output, plan.grid.width, plan.grid.height,
              plural(len(plan.windows), "window"), plural(comm.size, "rank"), wall)
     return report
+
+
+def _write(comm: MPI.Comm, roles: Roles, plan: Plan, worker: ItemWorker | None, stats: RankStats,
+           open_progress: Callable[[Mapping[str, int]], Progress], hdf5: dict[str, Any],
+           forget_commit: list[Callable[[], None]], limits: StretchLimits | None) -> tuple[list[int], Any]:
+    """The output stage of either backend: the windows computed, and the quicklook's size on the writer."""
+    config = plan.config
+    if config.backend == "hdf5":
+        if limits is not None and roles.is_planner:
+            keep_stretch(config.output, limits)  # a resumed run applies the same limits
+        return compose_via_hdf5(comm, roles, plan, worker, stats, open_progress, hdf5)
+    assembler = open_output(comm, roles, plan.output)
+    if roles.is_writer:
+        forget_note(config.output)  # this attempt starts: its failure is noted again
+        if limits is not None and assembler is not None:
+            keep_stretch(config.output, limits)  # beside the journal: a resumed run applies the same limits
+    if assembler is not None:  # a stop journals what is placed at once, keeps the partial run, and
+        # syncs last (mpirun's SIGKILL may cut that: the page cache keeps what was written)
+        forget_commit.append(termination.on_signal(lambda signum: commit_on_stop(assembler)))
+        forget_commit.append(termination.on_signal(lambda signum: assembler.sync_placed(), last=True))
+    todo = [i for i in range(len(plan.windows)) if not (assembler and i in assembler.done)]
+    phases = {"staging": plan.work.stage_count(todo), "windows": len(todo)}
+    preview = write_output(comm, roles, plan.output, plan.work, worker, stats, open_progress(phases), assembler,
+                           todo)
+    return todo, preview
+
+
+def _describe_limits(limits: StretchLimits) -> str:
+    pairs = limits.limits if limits.bands == "per-band" else limits.limits[:1]
+    return ", ".join(f"{low:g}..{high:g}" for low, high in pairs)
+
+
+def with_stretch(plan: Plan, limits: StretchLimits, *, rendering_pass: bool) -> Plan:
+    """``plan`` writing the stretch into the output's metadata; after a counting pass, its rendering pass: the
+    windows only (the staged copies are made, and the windows read the kept values)."""
+    spec = plan.output.spec
+    metadata = {**spec.metadata, STRETCH_ITEM: limits.metadata()}
+    output = dataclasses.replace(plan.output, spec=dataclasses.replace(spec, metadata=metadata))
+    plan = dataclasses.replace(plan, output=output)
+    return dataclasses.replace(plan, stage_units=(), independent=()) if rendering_pass else plan
+
+
+def kept_values_worker(plan: Plan, limits: StretchLimits, stats: RankStats, counter: DecodeCounter) -> ItemWorker:
+    """The rendering pass's worker: the counting pass's kept values through the limits' display tables."""
+    luts = kept_display_luts(limits, plan.config.gamma, reserve_zero=not plan.config.alpha)
+    return ItemWorker(KeptValuesSource(ValueStore(values_directory(plan)), luts, plan.config.alpha), stats, counter)
+
+
+def write_stretch(path: str, limits: StretchLimits) -> None:
+    """``mpi-s2 stretch``'s output: the limits as JSON, written whole or not at all."""
+    tmp = partial_path(path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(limits.as_dict(), fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise OutputError(f"{path}: cannot write the stretch: {exc.strerror}") from None
+    log.info("wrote %s", path)
 
 
 def _already_complete(plan: Plan, run: RunReport, size: int) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def clean_up(plan: Plan, exc: BaseException) -> None:
     remove_staging(plan.staging_directory)
     hdf5 = config.backend == "hdf5"
     if hdf5:
-        remove_partial(config.output, keep=("kept",))  # the conversion's file: redone from the HDF5 file
+        remove_partial(config.output, keep=("kept", "stretch"))  # the conversion's file: redone from the HDF5 file
     state = h5_path(config.output) if hdf5 else None
     hopeless = isinstance(exc, InputError) or is_full_disk_error(exc)
     if hopeless or not (hdf5 or plan.output.resumable):

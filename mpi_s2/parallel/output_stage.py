@@ -211,12 +211,13 @@ def window_encoder(out: OutputPlan) -> WindowEncoder:
 
 
 def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed, sink: BlockSink,
-               stats: RankStats, encode_tiles: bool = False) -> None:
+               stats: RankStats, encode_tiles: bool = False, phase: str = "windows") -> None:
     """Do batches of work until told to stop: stage units are decoded and copied, windows filled and sent.
 
     The next batch is asked for as the last item of the current one starts; staging units are reported done
     only once their copies are closed (visible to every rank). Buffers are allocated once. A window whose tiles
-    are encoded here carries its quicklook cell sums too (first, so that they stay 8-byte aligned).
+    are encoded here carries its quicklook cell sums too (first, so that they stay 8-byte aligned). ``phase``:
+    what the windows are for (test faults, :mod:`mpi_s2.faults`, count the windows of one phase).
     """
     bands_out = out.band_count
     buffers = [message_buffer(bands_out, out.max_pixels) for _ in range(SLOTS)]
@@ -249,7 +250,7 @@ def run_worker(out: OutputPlan, worker: ItemWorker, first: Batch, feed: WorkFeed
             else:
                 sink.deliver(slot, buffers[slot][: HEADER_BYTES + block.size], item.index, block)
             sent += 1
-            faults.window_done(stats.rank, sent)
+            faults.window_done(stats.rank, sent, phase)
         done = worker.done()
         with stats.timer("wait"):
             batch = feed.next(done)

@@ -81,7 +81,8 @@ def idle_worker_warning(windows: int, workers: int) -> str | None:
 def likely_mistakes(config: ComposeConfig, windows: int, workers: int) -> list[str]:
     """Every warning of a run of ``config`` that has ``windows`` windows to compose and ``workers`` workers."""
     lines = band_file_warnings(config)
-    for line in (reflectance_warning(config.max_reflectance), extension_warning(config.output),
+    for line in (reflectance_warning(config.max_reflectance),
+                 None if config.stretch_only else extension_warning(config.output),
                  idle_worker_warning(windows, workers)):
         if line:
             lines.append(line)

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from mpi_s2.output.plan import (
 from mpi_s2.output.run_lock import wait_until_free
 from mpi_s2.pixels.composite import STACK_BYTES_PER_SAMPLE, check_stretches, window_budget_side
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
+from mpi_s2.pixels.stretch import StretchLimits, check_offsets, dn_luts, parse_stretch, read_limits
 from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.planning.observations import order_inputs, select_inputs, with_cloud_cover
 from mpi_s2.planning.scheduling import WorkPlan
@@ -191,9 +193,15 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
         check_stretches([s.stretches for s in placed], [s.label for s in placed])
         output, observations = _fit_composite(config, request, output, grid, block_size, placed, covers)
     blocks_total = tuple(_blocks_total(s, config.cloud_mask) for s in placed)
+    counts = config.stretch != "fixed" and not config.stretch_from  # a counting pass, then a rendering pass
+    if counts:
+        parse_stretch(config.stretch, config.stretch_bands)
+        check_offsets([st.offset for s in placed for st in s.stretches],
+                      [s.label for s in placed for _ in s.stretches])
+    kept = 3 * 2 * grid.width * grid.height if counts and not config.stretch_only else 0  # its values, uint16
     sources, staged, units, staging = plan_staging(placed, output.window_size, config.output,
                                                    cloud_mask=config.cloud_mask, parent=config.staging_dir,
-                                                   single_node=single_node)
+                                                   single_node=single_node, extra_bytes=kept)
     copied = [s.placement for s, before in zip(sources, placed, strict=True) if s != before]
     independent = tuple(not any(intersection(w, p) for p in copied) for w in output.windows)
     fingerprint = _fingerprint(config, sources, output)
@@ -279,12 +287,15 @@ def _fingerprint(config: ComposeConfig, sources: list[TileSource], output: Outpu
     files = [path for source in sources for path in (*source.files, *([source.scl] if source.scl else []))]
     files += [p for p in config.products if os.path.isfile(p)]  # the metadata a product's radiometry came from
     radiometry = [[[s.offset, s.scale] for s in source.stretches] for source in sources]
-    options = {"max_reflectance": config.max_reflectance, "gamma": config.gamma,
+    options: dict[str, Any] = {"max_reflectance": config.max_reflectance, "gamma": config.gamma,
                "resolution": config.resolution, "cloud_mask": config.cloud_mask,
                "mask_classes": list(config.mask_classes) if config.cloud_mask else None,
                "crs": config.crs, "resampling": config.resampling, "alpha": config.alpha, "cog": config.cog}
     if config.composite != "first":  # (first: the fingerprint of before, so that its outputs stay complete)
         options["composite"] = config.composite
+    if config.stretch != "fixed" or config.stretch_from:  # (fixed: likewise)
+        options["stretch"] = {"stretch": config.stretch, "bands": config.stretch_bands,
+                              "from": read_limits(config.stretch_from).as_dict() if config.stretch_from else None}
     return run_fingerprint(files, output, radiometry, options)
 
 
@@ -296,8 +307,12 @@ def _blocks_total(source: TileSource, cloud_mask: bool) -> int:
     return total
 
 
-def plan_luts(plan: Plan) -> np.ndarray:
-    """``(n_sources, 3, 65536)`` uint8 lookup tables (red, green, blue per source), built once by the planner."""
+def plan_luts(plan: Plan, limits: StretchLimits | None = None) -> np.ndarray:
+    """``(n_sources, 3, 65536)`` uint8 lookup tables (red, green, blue per source), built once by the planner:
+    the contract's, or those of percentile ``limits``."""
+    if limits is not None:
+        return dn_luts(limits, [tuple(st.offset for st in s.stretches) for s in plan.sources], plan.config.gamma,
+                       reserve_zero=not plan.config.alpha)
     luts = np.empty((len(plan.sources), 3, LUT_SIZE), dtype=np.uint8)
     for i, source in enumerate(plan.sources):
         for b, stretch in enumerate(source.stretches):

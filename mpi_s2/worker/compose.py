@@ -21,23 +21,35 @@ from mpi_s2.inputs.bands import TileReader
 from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.pixels.composite import check_stretches, composite, doubled_lut
 from mpi_s2.pixels.radiometry import render_window, valid_mask
+from mpi_s2.pixels.stretch import StretchLimits, ValueTables, doubled_luts, doubled_value_table
 from mpi_s2.planning.mosaic import TileSource
 from mpi_s2.report import RankStats
 from mpi_s2.windows import Window, intersection, relative_to
 
 
 class WindowComposer:
-    def __init__(self, sources: Sequence[TileSource], luts: np.ndarray, *, alpha: bool,
+    def __init__(self, sources: Sequence[TileSource], luts: np.ndarray | ValueTables, *, alpha: bool,
                  mask_lut: np.ndarray | None, max_pixels: int, counter: DecodeCounter | None = None,
-                 composite: str = "first"):
+                 composite: str = "first", limits: StretchLimits | None = None, gamma: float = 2.2,
+                 keep_values: bool = False):
+        """``luts``: ``(n_sources, 3, 65536)`` tables by DN, uint8 display values (or, with ``keep_values``,
+        uint32 kept values: :class:`~mpi_s2.pixels.stretch.ValueTables`). A median or medoid renders with the
+        contract's table, the tables of percentile ``limits`` (with ``gamma``), or kept values."""
         self.sources = list(sources)
-        self.luts = luts  # (n_sources, 3, 65536) uint8
+        self.luts = luts
         self.alpha = alpha
         self.composite = composite
         if composite != "first":
             stretch, low = check_stretches([s.stretches for s in self.sources], [s.label for s in self.sources])
             high = int(max(st.offset for s in self.sources for st in s.stretches))
-            self._doubled_lut, self._base = doubled_lut(stretch, low, high, reserve_zero=not alpha)
+            lut, self._base = doubled_lut(stretch, low, high, reserve_zero=not alpha)
+            if keep_values:
+                lut = doubled_value_table(self._base, lut.size)
+                self._doubled_luts = [lut] * 3
+            elif limits is not None:
+                self._doubled_luts = list(doubled_luts(limits, gamma, self._base, lut.size, reserve_zero=not alpha))
+            else:
+                self._doubled_luts = [lut] * 3
         self.mask_lut = mask_lut
         self.counter = counter
         self._readers: dict[int, TileReader] = {}
@@ -158,7 +170,7 @@ class WindowComposer:
             doubled[:, ~any_valid] = 0
             for b in range(3):
                 out = block[b].reshape(n)
-                np.take(self._doubled_lut, doubled[b], out=out)
+                np.take(self._doubled_luts[b], doubled[b], out=out)
                 out *= any_valid
             stats.valid_pixels += int(np.count_nonzero(any_valid))
             if masking:

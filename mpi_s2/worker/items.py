@@ -10,6 +10,7 @@ import numpy as np
 
 from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.inputs.cloudmask import invalid_class_lut
+from mpi_s2.pixels.stretch import StretchLimits
 from mpi_s2.planning.plan import Plan
 from mpi_s2.planning.scheduling import KIND_STAGE, Done
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit
@@ -32,6 +33,7 @@ class ItemWorker:
                  staged: Sequence[StagedFile] = ()):
         self.source, self.stats, self.counter, self.staged = source, stats, counter, staged
         self._stager: Stager | None = None
+        self._staged_before = stats.stage_units  # a pass after a counting pass reports only its own units
 
     def take(self, kind: int, what: StageUnit | Window) -> Window | None:
         """Do a staging unit at once (None), or hand back the window for the caller to fill and send."""
@@ -55,7 +57,7 @@ class ItemWorker:
         if self._stager is not None:
             with self.stats.timer("write"):
                 self._stager.close()
-        return self.stats.stage_units
+        return self.stats.stage_units - self._staged_before
 
     def done(self) -> Done:
         """Staging units (see :meth:`staged_done`) and windows finished so far, as rank 0 is told."""
@@ -68,10 +70,13 @@ class ItemWorker:
         self.stats.pixels += window.size
 
 
-def compose_worker(plan: Plan, luts: np.ndarray, stats: RankStats, counter: DecodeCounter) -> ItemWorker:
-    """The worker of a compose run: windows composed from ``plan``'s sources with the broadcast ``luts``."""
+def compose_worker(plan: Plan, luts: np.ndarray, stats: RankStats, counter: DecodeCounter,
+                   limits: StretchLimits | None = None) -> ItemWorker:
+    """The worker of a compose run: windows composed from ``plan``'s sources with the broadcast ``luts`` (a
+    median or medoid with the tables of ``limits`` when given)."""
     config = plan.config
     composer = WindowComposer(plan.sources, luts, alpha=config.alpha,
                               mask_lut=invalid_class_lut(config.mask_classes) if config.cloud_mask else None,
-                              max_pixels=plan.output.max_pixels, counter=counter, composite=config.composite)
+                              max_pixels=plan.output.max_pixels, counter=counter, composite=config.composite,
+                              limits=limits, gamma=config.gamma)
     return ItemWorker(composer, stats, counter, plan.staged)
