@@ -11,6 +11,9 @@ a Cloud-Optimized GeoTIFF (``gdal_translate -of COG`` with average overviews, ``
 * ``+quicklook`` (e.g. ``jp2:zstd+quicklook``): what ``--quicklook`` costs; mpi_s2 alone, the same command
   without and with ``--quicklook FILE.png``, interleaved; the wall-time ratio (target at most 1.02) and the
   quicklook's own seconds from the report.
+* ``+stretch`` (e.g. ``jp2:zstd+stretch``): what ``--stretch percentile:2,98`` costs (a counting pass, then the
+  rendering pass from the kept values); mpi_s2 alone, the fixed and the percentile stretch, interleaved; the
+  wall-time ratio (target at most 1.10) and every rank's peak memory (at most 300 MB).
 * ``mosaic``: 2 x 2 such products on Sentinel-2 spacing (origins 10000 px apart, blocks 784 px off), one of
   them 40 % nodata (an orbit edge); gdal_translate reads a VRT of the same tiles; mpirun -n 3. The decoding
   floor: single-threaded decode CPU seconds of every distinct block of the 12 bands, divided by the cores.
@@ -242,7 +245,11 @@ def mosaic_case(directory: str, size: int, ranks: int, codec: str = "zstd", cog:
 
 
 DEFAULT_CASES = ("gtiff", "gtiff:deflate", "jp2:zstd", "jp2:deflate", "gtiff+hdf5", "jp2:zstd+hdf5",
-                 "mosaic:zstd", "jp2:zstd+quicklook", "series")
+                 "mosaic:zstd", "jp2:zstd+quicklook", "jp2:zstd+stretch", "series")
+#: --stretch percentile:2,98 (a counting pass, then the rendering pass from the kept values): at most this
+#: multiple of the same run with the fixed stretch.
+STRETCH_TARGET = 1.10
+STRETCH = ["--stretch", "percentile:2,98"]
 #: --quicklook: the run with it at most this multiple of the same run without it.
 QUICKLOOK_TARGET = 1.02
 #: The output stage's saturation point wanted with JPEG 2000 input and DEFLATE output.
@@ -333,6 +340,51 @@ def run_quicklook_case(case: Case, repeat: int, env: dict[str, str]) -> dict:
         "mpi_s2_rank_peak_rss_mb": {"without": peaks["without"], "with": peaks["with"]},
         "targets_met": bool(ratio <= QUICKLOOK_TARGET and max(peaks["with"].values()) <= PEAK_MB_TARGET),
     }
+
+
+def run_stretch_case(case: Case, repeat: int, env: dict[str, str]) -> dict:
+    """mpi_s2 with the fixed stretch and with ``--stretch percentile:2,98`` (interleaved, the order alternating):
+    the wall-time ratio, and every rank's peak memory."""
+    commands = {"fixed": case.mpi_cmd, "percentile": case.mpi_cmd + STRETCH}
+    walls: dict[str, list[float]] = {"fixed": [], "percentile": []}
+    peaks: dict[str, dict[int, float]] = {"fixed": {}, "percentile": {}}
+    seconds: dict[str, dict] = {}
+    for i in range(repeat):
+        for kind in (("fixed", "percentile") if i % 2 == 0 else ("percentile", "fixed")):
+            walls[kind].append(timed(commands[kind], env)[0])
+            with open(case.report) as fh:
+                run_report = json.load(fh)
+            for r in run_report["ranks"]:
+                peaks[kind][r["rank"]] = max(peaks[kind].get(r["rank"], 0.0), r["peak_rss_mb"])
+            seconds[kind] = {r["rank"]: r["seconds"] for r in run_report["ranks"]}
+            if kind == "percentile":
+                limits = run_report["stretch"]
+        print(f"  [{case.name}] run {i + 1}/{repeat}: fixed {walls['fixed'][-1]:.2f} s, "
+              f"percentile:2,98 {walls['percentile'][-1]:.2f} s", flush=True)
+    fixed, percentile = statistics.median(walls["fixed"]), statistics.median(walls["percentile"])
+    ratio = percentile / fixed
+    return {
+        "case": case.name, "description": case.description + ", mpi_s2 --stretch fixed and percentile:2,98",
+        "repeat": repeat, "ranks": case.ranks, "cores": os.cpu_count(), "stretch": True,
+        "fixed_median_s": round(fixed, 2), "percentile_median_s": round(percentile, 2),
+        "fixed_runs_s": [round(w, 2) for w in walls["fixed"]],
+        "percentile_runs_s": [round(w, 2) for w in walls["percentile"]],
+        "ratio": round(ratio, 4), "ratio_target": STRETCH_TARGET, "limits": limits,
+        "mpi_s2_rank_peak_rss_mb": peaks, "last_run_seconds_by_rank": seconds,
+        "targets_met": bool(ratio <= STRETCH_TARGET and max(peaks["percentile"].values()) <= PEAK_MB_TARGET),
+    }
+
+
+def print_stretch_result(r: dict) -> None:
+    print(f"\n[{r['case']}] {r['description']}; {r['cores']} cores; median of {r['repeat']}")
+    print(f"  mpi_s2 mpirun -n {r['ranks']:<2} --stretch fixed {r['fixed_median_s']:7.2f} s, percentile:2,98 "
+          f"{r['percentile_median_s']:7.2f} s")
+    print(f"  ratio {r['ratio']:.4f}   (target <= {r['ratio_target']}); limits {r['limits']['limits'][0]} over "
+          f"{r['limits']['pixels']} pixels")
+    for kind, peaks in r["mpi_s2_rank_peak_rss_mb"].items():
+        print(f"  peak RSS per rank, {kind}: " + ", ".join(f"rank {k} {v:.0f} MB" for k, v in peaks.items())
+              + f"   (target <= {PEAK_MB_TARGET} MB)")
+    print("  targets met" if r["targets_met"] else "  TARGETS NOT MET")
 
 
 def print_quicklook_result(r: dict) -> None:
@@ -672,10 +724,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=10980)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--case", default="all",
-                        help="comma-separated INPUT[:CODEC][+cog][+hdf5][+quicklook] (INPUT gtiff, jp2 or mosaic; "
+                        help="comma-separated INPUT[:CODEC][+cog][+hdf5][+quicklook|+stretch] (INPUT gtiff, jp2 or "
+                             "mosaic; "
                              "or series: 6 dates, --composite median --cloud-mask against xarray + dask; "
                              "CODEC zstd, deflate, lzw; +hdf5: mpi_s2 --backend hdf5; +quicklook: mpi_s2 without "
-                             "and with --quicklook; default " + ",".join(DEFAULT_CASES) + ")")
+                             "and with --quicklook; +stretch: mpi_s2 with --stretch fixed and percentile:2,98; "
+                             "default " + ",".join(DEFAULT_CASES) + ")")
     parser.add_argument("--ranks", type=int, help="override the rank count of the case(s)")
     parser.add_argument("--output-codec", choices=sorted(OUTPUT_CODECS),
                         help="output codec of cases that name none (default: zstd for the JPEG 2000 cases, none "
@@ -697,6 +751,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         quicklook = spec.endswith("+quicklook")
         spec = spec.removesuffix("+quicklook")
+        stretch = spec.endswith("+stretch")
+        spec = spec.removesuffix("+stretch")
         _BACKEND["hdf5"] = spec.endswith("+hdf5")
         base = spec.removesuffix("+hdf5")
         cog = base.endswith("+cog")
@@ -712,7 +768,11 @@ def main(argv: list[str] | None = None) -> int:
             ranks = 3  # workers encode: two of them, one per core, and the writer
         case = make(directory, args.size, args.ranks or ranks, codec, cog=cog)
         case.name = (f"{name}:{codec or 'none'}" + ("+cog" if cog else "") + ("+hdf5" if _BACKEND["hdf5"] else "")
-                     + ("+quicklook" if quicklook else ""))
+                     + ("+quicklook" if quicklook else "") + ("+stretch" if stretch else ""))
+        if stretch:
+            results.append(run_stretch_case(case, args.repeat, env))
+            print_stretch_result(results[-1])
+            continue
         if quicklook:
             results.append(run_quicklook_case(case, args.repeat, env))
             print_quicklook_result(results[-1])
