@@ -47,6 +47,25 @@ class BandInfo:
     data_type: str
 
 
+#: URL schemes GDAL reads through a virtual file system: the path GDAL is given starts with the prefix.
+_REMOTE = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/"}
+
+
+def gdal_path(location: str) -> str:
+    """What GDAL is given for a file named on the command line (or in a catalogue): a GDAL virtual path
+    (``/vsicurl/...``, ``/vsis3/...``, ``/vsizip/...``) untouched; a URL through its virtual file system
+    (``https://h/x.tif`` -> ``/vsicurl/https://h/x.tif``, ``s3://bucket/key`` -> ``/vsis3/bucket/key``); ``file://``
+    and local paths made absolute. Never normalised otherwise: ``//`` in a URL must reach GDAL as it is."""
+    if location.startswith("/vsi"):
+        return location
+    for scheme, prefix in _REMOTE.items():
+        if location.startswith(scheme):
+            return prefix + (location if prefix == "/vsicurl/" else location[len(scheme):])
+    if location.startswith("file://"):
+        location = location[len("file://"):]
+    return os.path.abspath(location)
+
+
 def open_dataset(path: str) -> gdal.Dataset:
     """Open ``path`` read-only, turning GDAL's error into an :class:`InputError` that names the file."""
     if not path.startswith("/vsi") and not os.path.exists(path):

@@ -17,7 +17,7 @@ import numpy as np
 
 from mpi_s2.config import ComposeConfig
 from mpi_s2.errors import InputError, OutputError
-from mpi_s2.inputs.bands import Grid, inspect_mask
+from mpi_s2.inputs.bands import Grid, gdal_path, inspect_mask
 from mpi_s2.inputs.block_counts import block_count
 from mpi_s2.inputs.cloudmask import masked_fraction
 from mpi_s2.inputs.metadata import RGB_BANDS
@@ -118,11 +118,11 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
             raise InputError(f"{bands.red}: --cloud-mask with band files needs --scl FILE for each band set")
         stretch = _stretch(config, 0.0, 10000.0)
         note = f"band files: offset {stretch.offset:g}, scale {stretch.scale:g}, from options"
-        files = tuple(os.path.abspath(f) for f in (bands.red, bands.green, bands.blue))
-        scl = os.path.abspath(bands.scl) if bands.scl and config.cloud_mask else None
+        files = tuple(gdal_path(f) for f in (bands.red, bands.green, bands.blue))
+        scl = gdal_path(bands.scl) if bands.scl and config.cloud_mask else None
         tile = TileInput(bands.red, files, scl, (stretch, stretch, stretch), note, date=bands.date)  # type: ignore[arg-type]
         if bands.scl and (config.order == "cloud-cover" or config.max_cloud_cover is not None):
-            tile = with_cloud_cover(tile, masked_fraction(os.path.abspath(bands.scl), config.mask_classes))
+            tile = with_cloud_cover(tile, masked_fraction(gdal_path(bands.scl), config.mask_classes))
         tiles.append(tile)
     tiles, notes = select_inputs(tiles, config.dates, config.max_cloud_cover)
     for note in notes:
