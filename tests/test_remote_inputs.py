@@ -130,3 +130,55 @@ def test_a_missing_url_is_one_line_naming_it(http_server, tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("mpi_s2: error")]
     assert len(lines) == 1 and f"/vsicurl/{missing}" in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+class FlakyHandler(RangeHandler):
+    """Every third request of a file answers 503 Service Unavailable (a third of them: above the 30 % the issue
+    asks to survive)."""
+
+    counter = {"requests": 0, "failed": 0}
+    lock = threading.Lock()
+
+    def send_head(self):
+        with self.lock:
+            self.counter["requests"] += 1
+            fail = self.counter["requests"] % 3 == 0
+            if fail:
+                self.counter["failed"] += 1
+        if fail:
+            self.send_error(503)
+            return None
+        return super().send_head()
+
+
+def test_a_third_of_requests_failing_with_503_still_gives_the_exact_pixels(real_files, tmp_path):
+    """GDAL's retries with backoff (mpi_s2's defaults) absorb the 503s; with the user's GDAL_HTTP_MAX_RETRY=0,
+    which wins over mpi_s2's default, the same server fails the job with one line naming the URL."""
+    handler = lambda *a, **k: FlakyHandler(*a, directory=str(real_files), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        local = compose([str(real_files / f"{b}.tif") for b in BANDS], tmp_path / "local.tif", ranks=2)
+        remote = compose([f"{url}/{b}.tif" for b in BANDS], tmp_path / "remote.tif", ranks=3)
+        assert np.array_equal(remote, local)
+        assert FlakyHandler.counter["failed"] >= 3, FlakyHandler.counter
+        out = tmp_path / "no-retry.tif"
+        result = run_mpi_s2(["compose", "--red", f"{url}/B04.tif", "--green", f"{url}/B03.tif", "--blue",
+                             f"{url}/B02.tif", "-o", str(out), "-q"], ranks=3, env={"GDAL_HTTP_MAX_RETRY": "0"})
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if line.startswith("mpi_s2: error")]
+        assert len(lines) == 1 and f"/vsicurl/{url}/" in lines[0], result.stderr
+        assert not out.exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_defaults_yield_to_the_users_own_gdal_variables():
+    from mpi_s2.parallel.gdal_env import REMOTE_DEFAULTS, rank_options
+
+    assert rank_options(environ={})["GDAL_HTTP_MAX_RETRY"] == REMOTE_DEFAULTS["GDAL_HTTP_MAX_RETRY"]
+    mine = rank_options(environ={"GDAL_HTTP_MAX_RETRY": "0", "GDAL_INGESTED_BYTES_AT_OPEN": "65536"})
+    assert "GDAL_HTTP_MAX_RETRY" not in mine and "GDAL_INGESTED_BYTES_AT_OPEN" not in mine
+    assert mine["GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"] == "YES"

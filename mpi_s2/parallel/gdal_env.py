@@ -108,15 +108,32 @@ def decoder_threads(comm, roles) -> tuple[int, int]:
     return threads, nodes
 
 
-def rank_options(decoder_threads: int = 1, cache_mb: int = DEFAULT_CACHE_MB) -> dict[str, str]:
-    """GDAL options for one rank: a bounded block cache and a fixed number of decoder threads.
+#: How ranks read remote files (``/vsicurl/``, ``/vsis3/``), each a default the user's own variable of the same
+#: name overrides: consecutive ranges merged into one request, no directory listing on open, one bounded read of
+#: a COG's header, and retries with exponential backoff (GDAL retries HTTP 429, 502, 503 and 504) within time
+#: limits, so that a flaky server slows a job down instead of failing it.
+REMOTE_DEFAULTS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
+    "GDAL_HTTP_MAX_RETRY": "5",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "15",
+    "GDAL_HTTP_TIMEOUT": "60",
+}
+
+
+def rank_options(decoder_threads: int = 1, cache_mb: int = DEFAULT_CACHE_MB,
+                 environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """GDAL options for one rank: a bounded block cache, a fixed number of decoder threads, and the remote
+    reading defaults (:data:`REMOTE_DEFAULTS`, each unless set in ``environ``).
 
     With one rank per core, decoder threads must be 1 or ranks x threads oversubscribes the cores.
     """
     return {
         "GDAL_CACHEMAX": str(cache_mb),
         "GDAL_NUM_THREADS": str(decoder_threads),
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        **{key: value for key, value in REMOTE_DEFAULTS.items() if key not in environ},
         # staged raw copies: read each line's window directly instead of whole lines through the block cache
         # (GDAL does that on its own only for lines over 50 kB; a 10980 px uint16 line is 22 kB, and a 1024
         # px window would read 10x the bytes it needs)
