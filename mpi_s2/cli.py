@@ -16,7 +16,7 @@ from typing import Any
 
 from mpi_s2 import __version__
 from mpi_s2.config import DEFAULT_MASK_CLASSES
-from mpi_s2.errors import InputError, MpiS2Error
+from mpi_s2.errors import InputError, MpiS2Error, UsageError
 from mpi_s2.output.profiles import parse_creation_option
 from mpi_s2.pixels.composite import COMPOSITES
 from mpi_s2.planning.mosaic import RESAMPLING
@@ -74,14 +74,12 @@ class _Parser(argparse.ArgumentParser):
             raise argparse.ArgumentError(action, f"{exc.message} (did you mean {close[0]}?)") from None
 
     def error(self, message: str):
-        from mpi_s2.parallel.runtime import launcher_rank
-
-        if launcher_rank() == 0:  # one line, like every other error (usage: --help)
-            command = self.prog.partition(" ")[2]  # "mpi-s2 compose" -> "compose"; "" for mpi-s2 itself
-            where = f"{command}: " if command else ""
-            message = message.replace("\n", " ")
-            sys.stderr.write(f"mpi_s2: error: {where}{message} (see {self.prog} --help)\n")
-        sys.exit(2)
+        """Raise the usage error instead of printing it and exiting: :func:`main` has every rank agree on it first,
+        so that the one line is printed before any rank's exit ends the job."""
+        command = self.prog.partition(" ")[2]  # "mpi-s2 compose" -> "compose"; "" for mpi-s2 itself
+        where = f"{command}: " if command else ""
+        message = message.replace("\n", " ")
+        raise UsageError(f"{where}{message} (see {self.prog} --help)")
 
 
 def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
@@ -421,38 +419,30 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mpi_s2.parallel.runtime import launcher_rank, report_error
+    """Run ``mpi-s2 ARGV`` and return its exit code.
 
-    args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    Under a launcher every rank parses the command line; a usage or input error is agreed on by all ranks
+    (:func:`~mpi_s2.parallel.runtime.start_together`) before any of them exits, so rank 0's one line is printed
+    and not lost to mpirun ending the job on another rank's early exit."""
+    from mpi_s2.parallel.runtime import report_error, run_job, start_together
+
+    failure: MpiS2Error | None = None
     try:
-        if args.command == "synth":
-            from mpi_s2.tools.synth import ProductOptions, SynthOptions, synthesize, synthesize_product
-
-            if args.series:
-                from mpi_s2.tools.synth import SeriesOptions, synthesize_series
-
-                series = synthesize_series(args.outdir, SeriesOptions(dates=args.series, size=args.size,
-                                                                      jp2_block=args.jp2_block, zip=args.zip))
-                written = series.products
-            elif args.product or args.zip:
-                options = ProductOptions(args.size, args.height, args.tile, args.epsg, tuple(args.origin),
-                                         args.baseline, jp2_block=args.jp2_block, zip=args.zip,
-                                         orbit_edge=args.orbit_edge)
-                written = [synthesize_product(args.outdir, options)]
-            else:
-                paths = synthesize(args.outdir, SynthOptions(args.size, args.height, args.block, args.compress))
-                written = list(paths.values())
-            logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
-            return 0
+        args = build_parser().parse_args(argv)
+        _setup_logging(args)
+        if args.command == "synth":  # serial, never under a launcher
+            try:
+                return _synth(args)
+            except MpiS2Error as exc:
+                report_error(str(exc))
+                return exc.exit_code
         if args.command in ("compose", "stretch"):
             config = compose_config(args)
     except MpiS2Error as exc:
-        if launcher_rank() == 0:
-            report_error(str(exc))
-        return exc.exit_code
-
-    from mpi_s2.parallel.runtime import run_job
+        failure = exc
+    code = start_together(failure)
+    if code:
+        return code
 
     if args.command == "convert":
         from mpi_s2.parallel.convert import convert
@@ -465,6 +455,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     return run_job(lambda comm: compose(config, comm))
 
+
+def _synth(args: argparse.Namespace) -> int:
+    from mpi_s2.tools.synth import ProductOptions, SynthOptions, synthesize, synthesize_product
+
+    if args.series:
+        from mpi_s2.tools.synth import SeriesOptions, synthesize_series
+
+        series = synthesize_series(args.outdir, SeriesOptions(dates=args.series, size=args.size,
+                                                              jp2_block=args.jp2_block, zip=args.zip))
+        written = series.products
+    elif args.product or args.zip:
+        options = ProductOptions(args.size, args.height, args.tile, args.epsg, tuple(args.origin),
+                                 args.baseline, jp2_block=args.jp2_block, zip=args.zip,
+                                 orbit_edge=args.orbit_edge)
+        written = [synthesize_product(args.outdir, options)]
+    else:
+        paths = synthesize(args.outdir, SynthOptions(args.size, args.height, args.block, args.compress))
+        written = list(paths.values())
+    logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

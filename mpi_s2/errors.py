@@ -20,6 +20,11 @@ class InputError(MpiS2Error, ValueError):
     exit_code = 2
 
 
+class UsageError(InputError):
+    """The command line does not parse (an unknown option, a bad value): the message names the subcommand and the
+    option, and ends with where to find its help."""
+
+
 class OutputError(MpiS2Error, OSError):
     """The output cannot be written where the user asked (missing directory, existing file...)."""
 

@@ -105,3 +105,20 @@ def test_run_job_reports_once_and_returns_exit_code(comm, scene, mpi_tmp_path, c
     if comm.rank == 0:
         assert sum(len(rank_lines) for rank_lines in lines) == 1
         assert "missing.tif: no such file" in lines[0][0]
+
+
+@pytest.mark.parametrize("failing", ["all", "rank 1", "none"])
+def test_ranks_agree_on_a_command_line_error_before_any_exits(comm, capsys, failing):
+    from mpi_s2.errors import InputError, UsageError
+    from mpi_s2.parallel.runtime import start_together
+
+    if failing == "all":
+        failure = UsageError("compose: argument --window: must be > 0, got 0 (see mpi-s2 compose --help)")
+    else:
+        failure = InputError("/data/b04.jp2: no such file") if failing == "rank 1" and comm.rank == 1 else None
+    code = start_together(failure, comm)
+    err = capsys.readouterr().err
+    assert code == {"all": 2, "rank 1": 2, "none": 0}[failing]
+    expected = {"all": "mpi_s2: error: compose: argument --window: must be > 0, got 0 (see mpi-s2 compose --help)\n",
+                "rank 1": "mpi_s2: error (rank 1): /data/b04.jp2: no such file\n", "none": ""}[failing]
+    assert err == (expected if comm.rank == 0 else "")

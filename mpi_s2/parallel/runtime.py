@@ -38,6 +38,49 @@ def launcher_rank() -> int:
     return 0
 
 
+def launcher_size(environ: dict[str, str] | os._Environ = os.environ) -> int:
+    """How many processes the launcher started (before MPI starts); 1 when not launched by one."""
+    for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"):
+        if key in environ:
+            try:
+                return int(environ[key])
+            except ValueError:
+                pass
+    return 1
+
+
+def start_together(failure: MpiS2Error | None, comm=None) -> int:
+    """Agree, before a job starts, on whether every rank could read its command line: 0 if so, else the exit code.
+
+    Each rank parses the command line and checks its options before MPI work starts. A rank that fails must not
+    just exit: mpirun ends the job at the first non-zero exit, and rank 0, maybe still importing, would be killed
+    before printing its line (seen under load). So the ranks gather their outcomes; rank 0 prints the first
+    failing rank's line (without a rank when every rank failed alike), and all return its code after a barrier.
+    Without a launcher the failure is reported here, without starting MPI."""
+    code = 0 if failure is None else failure.exit_code
+    if comm is None:
+        if failure is not None and launcher_size() <= 1:
+            report_error(str(failure))
+            return code
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+    if comm.size == 1:  # alone, or one of N singletons (check_launch names that): launcher rank 0 speaks
+        if failure is not None and launcher_rank() == 0:
+            report_error(str(failure))
+        return code
+    outcomes = comm.allgather(None if failure is None else (code, str(failure)))
+    failed = [(rank, outcome) for rank, outcome in enumerate(outcomes) if outcome is not None]
+    if not failed:
+        return 0
+    rank, (code, message) = failed[0]
+    if comm.rank == 0:
+        alike = len(failed) == comm.size and len({outcome for _, outcome in failed}) == 1
+        report_error(message, None if alike else rank)
+    comm.Barrier()  # the line is written before any rank exits
+    return code
+
+
 def error_line(message: str, rank: int | None = None) -> str:
     """The one line an error is: ``mpi_s2: error (rank N): message`` (no time: scripts grep for its start)."""
     where = f" (rank {rank})" if rank is not None else ""
