@@ -9,6 +9,7 @@ import argparse
 import datetime
 import difflib
 import logging
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -48,6 +49,17 @@ OUTDIR is a directory (made if missing), not a subcommand: 'scene' and 'products
 """
 
 
+SEARCH_EXAMPLE = """\
+example (on a login node; the job's nodes need no access to the catalogue):
+  mpi-s2 search https://earth-search.aws.element84.com/v1 --collection sentinel-2-l2a \\
+      --bbox 8.0,46.6,8.9,47.2 --dates 2023-06-01/2023-08-31 --max-cloud-cover 60 --save-items items.json
+  sbatch jobs/compose.sbatch --stac items.json --composite median --cloud-mask -o region.tif
+"""
+
+
+_NEGATIVE_NUMBERS = re.compile(r"^-\d+$|^-\d*\.?\d+(,[-+\d.eE]*)*$")
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors are one line, printed by launcher rank 0 only (not once per
     rank): ``mpi_s2: error: COMMAND: MESSAGE (see mpi-s2 COMMAND --help)``, naming the closest known option
@@ -56,6 +68,8 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.commands: dict[str, argparse.ArgumentParser] = {}  # the subcommands' parsers, on the top one
+        # a value that starts with a negative number, "--bbox -11.3,24.8,-10.2,25.3", is a value, not an option
+        self._negative_number_matcher = _NEGATIVE_NUMBERS
 
     def parse_args(self, args=None, namespace=None):
         parsed, extras = self.parse_known_args(args, namespace)
@@ -200,6 +214,66 @@ def _percent(text: str) -> float:
     return value
 
 
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        west, south, east, north = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not W,S,E,N (four numbers, degrees)") from None
+    if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+        raise argparse.ArgumentTypeError(f"{text!r}: W < E within -180..180 and S < N within -90..90 (degrees)")
+    return west, south, east, north
+
+
+def _search_arguments(group, url_option: bool) -> None:
+    """The options of a STAC API search: ``--stac-search URL`` in compose, ``URL`` in mpi-s2 search."""
+    if url_option:
+        group.add_argument("--stac-search", metavar="URL",
+                           help="search this STAC API (e.g. https://earth-search.aws.element84.com/v1) for the "
+                                "items of --collection within --bbox or --aoi, --dates and --max-cloud-cover")
+    group.add_argument("--collection", metavar="C", help="the collection to search, e.g. sentinel-2-l2a")
+    group.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="search within this box (degrees)")
+    group.add_argument("--aoi", metavar="FILE.geojson",
+                       help="search where the items intersect this area (a GeoJSON polygon, feature or "
+                            "feature collection, in degrees)")
+    group.add_argument("--save-items", metavar="FILE.json",
+                       help="save the items found (an ItemCollection): a job whose nodes cannot reach the "
+                            "catalogue then runs from --stac FILE.json")
+
+
+def _catalogue_arguments(group) -> None:
+    group.add_argument("--stac", nargs="+", action="extend", default=[], metavar="FILE_OR_URL",
+                       help="STAC Item, ItemCollection (FeatureCollection), or static Catalog or Collection "
+                            "(followed recursively), in a file or at a URL; hrefs may be paths, file://, "
+                            "http(s):// or s3:// (AWS_* variables: credentials, AWS_S3_ENDPOINT, "
+                            "AWS_NO_SIGN_REQUEST=YES)")
+    _search_arguments(group, url_option=True)
+    group.add_argument("--assets", metavar="red=KEY,green=KEY,blue=KEY[,scl=KEY]",
+                       help="the items' asset keys (default: Earth Search's red/green/blue/scl, else the "
+                            "Planetary Computer's B04/B03/B02/SCL)")
+
+
+def _catalogue(args: argparse.Namespace):
+    """The catalogue options as a :class:`~mpi_s2.config.Catalogue`, or None; checked as far as can be without
+    reading anything."""
+    from mpi_s2.config import Catalogue
+    from mpi_s2.inputs.stac import parse_assets
+
+    search_only = [f"--{name.replace('_', '-')}" for name in ("collection", "bbox", "aoi", "save_items")
+                   if getattr(args, name) is not None]
+    if not args.stac and not args.stac_search:
+        if search_only or args.assets:
+            raise InputError(f"{(search_only or ['--assets'])[0]} needs --stac-search URL"
+                             f"{' or --stac' if not search_only else ''}")
+        return None
+    if search_only and not args.stac_search:
+        raise InputError(f"{search_only[0]} needs --stac-search URL")
+    if args.bbox and args.aoi:
+        raise InputError("give --bbox or --aoi, not both")
+    assets = tuple(parse_assets(args.assets).items()) if args.assets else ()
+    return Catalogue(sources=tuple(args.stac), search_url=args.stac_search, collection=args.collection,
+                     bbox=args.bbox, aoi=args.aoi, assets=assets, save_items=args.save_items)
+
+
 def _compose_arguments(compose: argparse.ArgumentParser) -> None:
     """The inputs, radiometry, selection, contrast and output options of compose (and of stretch, which counts
     what compose would write)."""
@@ -255,6 +329,8 @@ def _compose_arguments(compose: argparse.ArgumentParser) -> None:
     contrast.add_argument("--stretch-from", metavar="JSON",
                           help="apply the limits of this file (mpi-s2 stretch's output, or the report of a "
                                "--stretch percentile run) instead of counting: separate jobs then match")
+    _catalogue_arguments(compose.add_argument_group(
+        "catalogue: inputs from STAC items, or from a STAC API search (one band set per item)"))
     bands.add_argument("--date", action="append", default=[], metavar="YYYY-MM-DD",
                        help="acquisition date of the band set (once per set, for --order date and --dates)")
     out = _group(compose, "output")  # with the shared -o, --co, --cog, --overwrite, --report, --progress-file
@@ -320,6 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("h5", metavar="RUN.h5", help="the HDF5 file")
 
+    search = sub.add_parser(
+        "search", parents=[verbosity],
+        help="search a STAC API and save the items found, for compose --stac (e.g. on a login node)",
+        description="Search a STAC API for the items of a collection within --bbox or --aoi, --dates and "
+                    "--max-cloud-cover, following its pages, and save them as one ItemCollection. A job on "
+                    "nodes without access to the catalogue then composes them with --stac FILE.json.",
+        epilog=SEARCH_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    search.add_argument("url", metavar="URL", help="the STAC API, e.g. https://earth-search.aws.element84.com/v1")
+    _search_arguments(search, url_option=False)
+    search.add_argument("--dates", type=_date_range, metavar="FROM/TO", help="acquired from FROM to TO (inclusive)")
+    search.add_argument("--max-cloud-cover", type=_percent, metavar="P", help="cloud cover at most P %%")
+
     synth = sub.add_parser(
         "synth", parents=[verbosity], usage="%(prog)s OUTDIR [--product [--zip]] [options]",
         help="mpi-s2 synth OUTDIR [--product]: write a synthetic Sentinel-2-like scene (B04, B03, B02) or "
@@ -371,8 +460,10 @@ def compose_config(args: argparse.Namespace):
                          f"{len(args.red)}, {len(args.green)}, {len(args.blue)})")
     if args.scl and len(args.scl) != len(args.red):
         raise InputError(f"--scl must be given once per band set ({len(args.red)}), got {len(args.scl)}")
-    if not args.products and not args.red:
-        raise InputError("no input: give one or more products (.SAFE or .zip) or --red/--green/--blue files")
+    catalogue = _catalogue(args)
+    if not args.products and not args.red and catalogue is None:
+        raise InputError("no input: give one or more products (.SAFE or .zip), --red/--green/--blue files, "
+                         "--stac FILE_OR_URL or --stac-search URL")
     if args.date and len(args.date) != len(args.red):
         raise InputError(f"--date must be given once per band set ({len(args.red)}), got {len(args.date)}")
     scls = args.scl or [None] * len(args.red)
@@ -388,7 +479,8 @@ def compose_config(args: argparse.Namespace):
     if args.scale is not None and args.scale <= 0:
         raise InputError(f"--scale must be > 0, got {args.scale}")
     return ComposeConfig(
-        output=args.output, products=tuple(args.products), band_sets=band_sets, offset=args.offset,
+        output=args.output, products=tuple(args.products), band_sets=band_sets, catalogue=catalogue,
+        offset=args.offset,
         scale=args.scale, max_reflectance=args.max_reflectance, gamma=args.gamma, resolution=args.resolution,
         cloud_mask=args.cloud_mask or bool(args.scl), mask_classes=parse_mask_classes(args.mask_classes),
         crs=args.crs, resampling=args.resampling, composite=args.composite, order=args.order, dates=args.dates,
@@ -436,6 +528,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except MpiS2Error as exc:
                 report_error(str(exc))
                 return exc.exit_code
+        if args.command == "search":  # serial: a login node's step before the job
+            try:
+                return _search(args)
+            except MpiS2Error as exc:
+                report_error(str(exc))
+                return exc.exit_code
         if args.command in ("compose", "stretch"):
             config = compose_config(args)
     except MpiS2Error as exc:
@@ -454,6 +552,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpi_s2.parallel.compose import compose
 
     return run_job(lambda comm: compose(config, comm))
+
+
+def _search(args: argparse.Namespace) -> int:
+    from mpi_s2.config import Catalogue
+    from mpi_s2.inputs.stac_search import save_items, search_items
+
+    if args.save_items is None:
+        raise InputError("search: give --save-items FILE.json (where to save the items found)")
+    if args.bbox and args.aoi:
+        raise InputError("give --bbox or --aoi, not both")
+    catalogue = Catalogue(search_url=args.url, collection=args.collection, bbox=args.bbox, aoi=args.aoi)
+    found = search_items(catalogue, args.dates, args.max_cloud_cover)
+    save_items(found, args.save_items)
+    logging.getLogger("mpi_s2").info("saved %d item%s to %s (compose them with --stac %s)", len(found),
+                                     "" if len(found) == 1 else "s", args.save_items, args.save_items)
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -20,6 +20,12 @@ class BandFiles:
     blue: str
     scl: str | None = None
     date: str | None = None  # --date: when it was acquired (ISO date), for --order date and --dates
+    # From a catalogue item (mpi_s2.inputs.stac); band sets of the command line leave them unset:
+    label: str | None = None  # how messages and the report name it (default: the red file)
+    radiometry: tuple[tuple[float, float], ...] | None = None  # (offset, scale) in DN of red, green, blue
+    radiometry_from: str = ""  # where they come from ("raster:bands", "processing baseline 05.09", ...)
+    cloud_cover: float | None = None  # percent (eo:cloud_cover)
+    sensing_time: str | None = None  # ISO date and time (ties of a date)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -27,10 +33,25 @@ class BandFiles:
 
 
 @dataclass(frozen=True)
+class Catalogue:
+    """The inputs a STAC catalogue names (``--stac``) or a STAC API search finds (``--stac-search``); rank 0's
+    planner reads them (see mpi_s2.inputs.stac and mpi_s2.inputs.stac_search)."""
+
+    sources: tuple[str, ...] = ()  # --stac FILE_OR_URL ...
+    search_url: str | None = None  # --stac-search URL
+    collection: str | None = None  # --collection
+    bbox: tuple[float, float, float, float] | None = None  # --bbox W,S,E,N (longitude, latitude)
+    aoi: str | None = None  # --aoi FILE.geojson: searched with, and the output clipped to it
+    assets: tuple[tuple[str, str], ...] = ()  # --assets red=KEY,...: (role, key)
+    save_items: str | None = None  # --save-items FILE.json: the items found, for a later --stac
+
+
+@dataclass(frozen=True)
 class ComposeConfig:
     output: str
     products: tuple[str, ...] = ()  # .SAFE folders or zips, mosaicked in this order
     band_sets: tuple[BandFiles, ...] = ()  # after the products, in this order
+    catalogue: Catalogue | None = None  # after the band sets: one band set per item
     offset: float | None = None  # None: from product metadata (band files: 0)
     scale: float | None = None  # None: from product metadata (band files: 10000)
     max_reflectance: float = 1.0

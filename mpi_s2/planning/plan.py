@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from mpi_s2.config import ComposeConfig
+from mpi_s2.config import BandFiles, ComposeConfig
 from mpi_s2.errors import InputError, OutputError
 from mpi_s2.inputs.bands import Grid, gdal_path, inspect_mask
 from mpi_s2.inputs.block_counts import block_count
 from mpi_s2.inputs.cloudmask import masked_fraction
 from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.inputs.products import open_product
+from mpi_s2.inputs.stac import band_sets, items_from
+from mpi_s2.inputs.stac_search import save_items, search_items
 from mpi_s2.output.fingerprint import fingerprint_digest, run_fingerprint, stored_digest
 from mpi_s2.output.hdf5_store import h5_path
 from mpi_s2.output.paths import spool_path
@@ -41,6 +43,7 @@ from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
 from mpi_s2.planning.observations import order_inputs, select_inputs, with_cloud_cover
 from mpi_s2.planning.scheduling import WorkPlan
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit, check_staging_parent, plan_staging, remove_staging
+from mpi_s2.text import plural
 from mpi_s2.windows import Window, intersection, tile_size
 
 log = logging.getLogger("mpi_s2")
@@ -90,9 +93,37 @@ def _stretch(config: ComposeConfig, offset: float, scale: float) -> Stretch:
                    max_reflectance=config.max_reflectance, gamma=config.gamma)
 
 
+def catalogue_band_sets(config: ComposeConfig) -> list[BandFiles]:
+    """The band sets of the items ``--stac`` names and ``--stac-search`` finds (saved with ``--save-items``)."""
+    catalogue = config.catalogue
+    if catalogue is None:
+        return []
+    entries = items_from(catalogue.sources)
+    if catalogue.search_url:
+        found = search_items(catalogue, config.dates, config.max_cloud_cover)
+        log.info("--stac-search %s: %s", catalogue.search_url, plural(len(found), "item"))
+        if catalogue.save_items:
+            save_items(found, catalogue.save_items)
+            log.info("saved the items found to %s (run from them with --stac %s)", catalogue.save_items,
+                     catalogue.save_items)
+        entries += found
+    return band_sets(entries, dict(catalogue.assets) or None, config.cloud_mask)
+
+
+def _band_set_radiometry(config: ComposeConfig, bands: BandFiles) -> tuple[tuple[Stretch, ...], str]:
+    """A band set's stretches and the note saying where its offsets and scales come from."""
+    overridden = ", overridden by options" if config.offset is not None or config.scale is not None else ""
+    if bands.radiometry is None:
+        stretch = _stretch(config, 0.0, 10000.0)
+        return (stretch,) * 3, f"band files: offset {stretch.offset:g}, scale {stretch.scale:g}, from options"
+    stretches = tuple(_stretch(config, offset, scale) for offset, scale in bands.radiometry)
+    return stretches, (f"offsets {'/'.join(f'{s.offset:g}' for s in stretches)} (B04/B03/B02), scale "
+                       f"{stretches[0].scale:g}, from {bands.radiometry_from}{overridden}")
+
+
 def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
-    """Products and band sets as :class:`TileInput`, in mosaic order, with their radiometry."""
-    if not config.products and not config.band_sets:
+    """Products, band sets and catalogue items as :class:`TileInput`, in mosaic order, with their radiometry."""
+    if not config.products and not config.band_sets and config.catalogue is None:
         raise InputError("no input: give one or more products (.SAFE or .zip) or --red/--green/--blue files")
     tiles: list[TileInput] = []
     products = [open_product(p) for p in config.products]
@@ -113,15 +144,17 @@ def resolve_inputs(config: ComposeConfig) -> list[TileInput]:
         tiles.append(TileInput(product.path, product.rgb_files(config.resolution), scl, stretches, note,  # type: ignore[arg-type]
                                date=md.sensing_time[:10] if md.sensing_time else None, sensing_time=md.sensing_time,
                                cloud_cover=md.cloud_cover, cloud_cover_from="metadata"))
-    for bands in config.band_sets:
+    for bands in (*config.band_sets, *catalogue_band_sets(config)):
         if config.cloud_mask and not bands.scl:
             raise InputError(f"{bands.red}: --cloud-mask with band files needs --scl FILE for each band set")
-        stretch = _stretch(config, 0.0, 10000.0)
-        note = f"band files: offset {stretch.offset:g}, scale {stretch.scale:g}, from options"
+        stretches, note = _band_set_radiometry(config, bands)
         files = tuple(gdal_path(f) for f in (bands.red, bands.green, bands.blue))
         scl = gdal_path(bands.scl) if bands.scl and config.cloud_mask else None
-        tile = TileInput(bands.red, files, scl, (stretch, stretch, stretch), note, date=bands.date)  # type: ignore[arg-type]
-        if bands.scl and (config.order == "cloud-cover" or config.max_cloud_cover is not None):
+        tile = TileInput(bands.label or bands.red, files, scl, stretches, note, date=bands.date,  # type: ignore[arg-type]
+                         sensing_time=bands.sensing_time, cloud_cover=bands.cloud_cover,
+                         cloud_cover_from="metadata" if bands.cloud_cover is not None else "")
+        if (bands.scl and bands.cloud_cover is None
+                and (config.order == "cloud-cover" or config.max_cloud_cover is not None)):
             tile = with_cloud_cover(tile, masked_fraction(gdal_path(bands.scl), config.mask_classes))
         tiles.append(tile)
     tiles, notes = select_inputs(tiles, config.dates, config.max_cloud_cover)
