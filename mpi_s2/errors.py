@@ -43,6 +43,13 @@ class PathError(OutputError):
         return type(self), (str(self), self.path)
 
 
+class SourceUnavailable(MpiS2Error, OSError):
+    """A network source failed for good in the middle of a run (after GDAL's retries): not bad input, so the
+    partial run is kept for ``--resume`` once the source answers again. The message names the URL."""
+
+    exit_code = 1
+
+
 class WindowError(MpiS2Error, ValueError):
     """A window or window plan is invalid (programming error or impossible option)."""
 

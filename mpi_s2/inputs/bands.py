@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 from osgeo import gdal, osr
 
-from mpi_s2.errors import InputError
+from mpi_s2.errors import InputError, SourceUnavailable
 from mpi_s2.windows import Window
 
 gdal.UseExceptions()
@@ -49,6 +49,16 @@ class BandInfo:
 
 #: URL schemes GDAL reads through a virtual file system: the path GDAL is given starts with the prefix.
 _REMOTE = {"http://": "/vsicurl/", "https://": "/vsicurl/", "s3://": "/vsis3/", "gs://": "/vsigs/"}
+
+
+#: GDAL's virtual file systems that read over a network
+NETWORK_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "/vsioss/", "/vsiswift/",
+                    "/vsiwebhdfs/", "/vsihdfs/")
+
+
+def is_network_path(path: str) -> bool:
+    """Whether GDAL reads ``path`` over a network (possibly inside an archive: ``/vsizip//vsicurl/...``)."""
+    return any(prefix in path for prefix in NETWORK_PREFIXES)
 
 
 def gdal_path(location: str) -> str:
@@ -205,7 +215,8 @@ class TileReader:
         try:
             self._bands[i].ReadAsArray(*window.gdal_args(), buf_obj=buf)
         except RuntimeError as exc:
-            raise InputError(
+            error = SourceUnavailable if is_network_path(self.files[i]) else InputError
+            raise error(
                 f"{self.files[i]}: reading pixels at column {window.col_off}, row {window.row_off} "
                 f"({window.width} x {window.height}) failed: {_gdal_reason(exc)}"
             ) from None

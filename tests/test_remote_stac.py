@@ -1,0 +1,192 @@
+"""STAC items whose COGs are read over HTTP from nginx (and S3 from moto) on 127.0.0.1: the local pixels, every
+source tile fetched once, retries, and the errors of bad remote inputs.
+
+The servers are tests/servers.py's: Debian's nginx with its access log (method, path, status, bytes, Range), a
+fault-injecting proxy of the tests' own in front of it, and moto's S3 server with signed requests.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from conftest import REAL_DATA, error_lines, require, run_mpi_s2
+from servers import NGINX, FaultProxy, Nginx, S3Server
+
+COG_DIR = REAL_DATA / "l2a-cog-T29RKH"
+ITEM = COG_DIR / "S2A_29RKH_20200219_0_L2A.json"
+ROLES = {"red": "B04", "green": "B03", "blue": "B02", "scl": "SCL"}
+FAST_RETRIES = {"GDAL_HTTP_RETRY_DELAY": "0.05"}  # the user's own variable wins over mpi_s2's 1 s default
+EVERY_WINDOW = {"MPI_S2_COMMIT_INTERVAL": "0"}  # journal each window at once
+
+
+@pytest.fixture(scope="module")
+def real_item() -> dict:
+    require(ITEM.is_file(), f"the real Earth Search item {ITEM}",
+            "put the project's shared/ beside the checkout, or set MPI_S2_REAL_DATA=DIR")
+    require(os.access(NGINX, os.X_OK), f"nginx ({NGINX})", "apt-get install nginx (make test installs it)")
+    return json.loads(ITEM.read_text())
+
+
+@pytest.fixture(scope="module")
+def nginx(real_item, tmp_path_factory):
+    with Nginx(COG_DIR, tmp_path_factory.mktemp("nginx")) as server:
+        yield server
+
+
+def item_at(real_item: dict, href, path: Path) -> str:
+    """The real item with its band assets at ``href(band)``, written to ``path``."""
+    item = copy.deepcopy(real_item)
+    for role, band in ROLES.items():
+        item["assets"][role]["href"] = href(band)
+    path.write_text(json.dumps(item))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def local_pixels(real_item, tmp_path_factory) -> np.ndarray:
+    """The same bands composed from the local files (--cloud-mask with their SCL)."""
+    out = tmp_path_factory.mktemp("local") / "local.tif"
+    bands = [f"--{role}={COG_DIR / band}.tif" for role, band in ROLES.items()]
+    result = run_mpi_s2(["compose", *bands, "-o", str(out), "-q"], ranks=2)
+    assert result.returncode == 0, result.stderr
+    return gdal.Open(str(out)).ReadAsArray()
+
+
+def tiles(path: Path) -> list[tuple[int, int]]:
+    """(offset, size) of every full-resolution tile of a GeoTIFF, from its TIFF tags (as GDAL reports them)."""
+    dataset = gdal.Open(str(path))
+    band = dataset.GetRasterBand(1)
+    bx, by = band.GetBlockSize()
+    return [(int(band.GetMetadataItem(f"BLOCK_OFFSET_{x}_{y}", "TIFF")),
+             int(band.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF")))
+            for y in range(-(-dataset.RasterYSize // by)) for x in range(-(-dataset.RasterXSize // bx))]
+
+
+def byte_range(header: str | None, sent: int) -> tuple[int, int]:
+    match = re.fullmatch(r"bytes=(\d+)-(\d+)", header or "")
+    assert match, f"a GET without a single byte range: {header!r}"
+    start = int(match.group(1))
+    return start, start + sent
+
+
+def test_the_real_item_over_nginx_gives_the_local_pixels_and_fetches_each_tile_once(
+        real_item, nginx, local_pixels, tmp_path):
+    item = item_at(real_item, lambda band: nginx.url(f"{band}.tif"), tmp_path / "item.json")
+    out = tmp_path / "remote.tif"
+    nginx.clear_log()
+    result = run_mpi_s2(["compose", "--stac", item, "--cloud-mask", "-o", str(out), "-q"], ranks=3)
+    assert result.returncode == 0, result.stderr
+    assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), local_pixels)
+
+    requests = nginx.requests()
+    assert {r.status for r in requests} <= {200, 206}
+    header_bytes = 32768  # mpi_s2's GDAL_INGESTED_BYTES_AT_OPEN: what one open of a file reads first
+    for band in ROLES.values():
+        gets = [byte_range(r.range, r.bytes_sent) for r in requests if r.path == f"/{band}.tif" and r.method == "GET"]
+        opens = [g for g in gets if g[0] == 0]
+        assert 1 <= len(opens) <= 3  # the planner and each worker that reads it open it once
+        data = [g for g in gets if g[0] != 0]
+        needed = [t for t in tiles(COG_DIR / f"{band}.tif") if t[0] >= header_bytes or band == "SCL"]
+        for offset, size in needed:  # every tile arrives whole in exactly one request: fetched once
+            whole = [g for g in gets if g[0] <= offset and offset + size <= g[1]]
+            assert len(whole) == 1 or (band == "SCL" and len(whole) == len(opens)), (band, offset, size, gets)
+        if band != "SCL":  # (the SCL, 8 kB, arrives whole with each open)
+            assert len(data) < len(needed)  # consecutive tiles are merged into one request
+            tile_bytes = sum(size for _, size in needed)
+            sent = sum(end - start for start, end in data)
+            assert sent <= 1.1 * tile_bytes, (band, sent, tile_bytes)
+            assert sum(end - start for start, end in opens) <= len(opens) * header_bytes
+
+
+def test_a_third_of_requests_failing_still_gives_the_exact_pixels(real_item, nginx, local_pixels, tmp_path):
+    with FaultProxy(nginx.url(), fail_fraction=0.3, seed=19) as proxy:
+        item = item_at(real_item, lambda band: proxy.url(f"{band}.tif"), tmp_path / "item.json")
+        out = tmp_path / "remote.tif"
+        result = run_mpi_s2(["compose", "--stac", item, "--cloud-mask", "-o", str(out), "-q"], ranks=3,
+                            env=FAST_RETRIES)
+        assert result.returncode == 0, result.stderr
+        assert proxy.faults >= 5, (proxy.faults, proxy.requests)
+    assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), local_pixels)
+
+
+def test_a_missing_file_stops_the_job_at_planning_naming_its_url(real_item, nginx, tmp_path):
+    item = item_at(real_item, lambda band: nginx.url(f"missing-{band}.tif" if band == "B03" else f"{band}.tif"),
+                   tmp_path / "item.json")
+    out = tmp_path / "out.tif"
+    result = run_mpi_s2(["compose", "--stac", item, "-o", str(out)], ranks=3)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"mpi_s2: error: /vsicurl/{nginx.url('missing-B03.tif')}: "), lines
+    assert "404" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["item.json"]  # no output, no debris
+
+
+def test_a_source_failing_for_good_mid_run_is_one_line_and_resume_finishes(real_item, nginx, local_pixels,
+                                                                          tmp_path):
+    out = tmp_path / "remote.tif"
+    # 9 windows of 512 (the COGs' tiles); B02 answers its first 12 requests (the opens and some tiles), then 503
+    with FaultProxy(nginx.url(), fail_paths={"/B02.tif"}, fail_after=12) as proxy:
+        item = item_at(real_item, lambda band: proxy.url(f"{band}.tif"), tmp_path / "item.json")
+        args = ["compose", "--stac", item, "--cloud-mask", "-o", str(out), "--window", "512", "-q"]
+        failed = run_mpi_s2(args, ranks=3, env={**FAST_RETRIES, **EVERY_WINDOW})
+        assert failed.returncode != 0
+        lines = error_lines(failed.stderr)
+        assert len(lines) == 1 and proxy.url("B02.tif") in lines[0], failed.stderr
+        assert not out.exists()
+        assert (tmp_path / ".remote.tif.partial.journal").exists(), sorted(p.name for p in tmp_path.iterdir())
+        assert "the partial run is kept beside" in failed.stderr
+        proxy.fail_paths = set()
+        resumed = run_mpi_s2([*args[:-1], "--resume", "--report", str(tmp_path / "r.json")], ranks=3,
+                             env=FAST_RETRIES)
+    assert resumed.returncode == 0, resumed.stderr
+    assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), local_pixels)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["windows_reused"] > 0 and report["windows_reused"] + report["windows_computed"] == 9, report
+
+
+def test_s3_hrefs_on_an_s3_endpoint_with_signed_requests(real_item, local_pixels, tmp_path):
+    with S3Server() as s3:
+        s3.create_bucket("sentinel-cogs")
+        for band in ROLES.values():
+            s3.upload("sentinel-cogs", f"29/R/KH/{band}.tif", COG_DIR / f"{band}.tif")
+        item = item_at(real_item, lambda band: f"s3://sentinel-cogs/29/R/KH/{band}.tif", tmp_path / "item.json")
+        out = tmp_path / "s3.tif"
+        result = run_mpi_s2(["compose", "--stac", item, "--cloud-mask", "-o", str(out), "-q"], ranks=3,
+                            env=s3.gdal_env())
+        assert result.returncode == 0, result.stderr
+        assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), local_pixels)
+        denied = run_mpi_s2(["compose", "--stac", item, "-o", str(tmp_path / "denied.tif")], ranks=2,
+                            env=s3.gdal_env(wrong_secret=True))
+    assert denied.returncode == 2
+    lines = error_lines(denied.stderr)
+    assert len(lines) == 1 and lines[0].startswith("mpi_s2: error: /vsis3/sentinel-cogs/29/R/KH/B04.tif: "), lines
+
+
+@pytest.mark.parametrize("case", ["not-stac", "no-assets", "other-grids"])
+def test_bad_catalogue_input_is_one_line(real_item, tmp_path, case):
+    path = tmp_path / "input.json"
+    if case == "not-stac":
+        path.write_text(json.dumps({"type": "Topology", "objects": {}}))
+        expected = f"{path}: not a STAC item, item collection or catalog (its type is 'Topology')"
+    elif case == "no-assets":
+        item = copy.deepcopy(real_item)
+        del item["assets"]["green"]
+        path.write_text(json.dumps(item))
+        expected = f"item {item['id']} ({path}): has no green asset: looked for green or B03"
+    else:  # green at the SCL's 200 m grid
+        item_at(real_item, lambda band: str(COG_DIR / ("SCL" if band == "B03" else band)) + ".tif", path)
+        expected = f"{COG_DIR / 'SCL.tif'}: "
+    out = tmp_path / "out.tif"
+    result = run_mpi_s2(["compose", "--stac", str(path), "-o", str(out)], ranks=2)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith(f"mpi_s2: error: {expected}"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.json"]
