@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := gdal-bin python3-gdal python3-mpi4py python3-h5py-mpi openmpi
 # remote-input tests serve COGs with Range requests from it): needed by `make test` only.
 CLUSTER_PACKAGES := slurm-wlm munge iproute2 nginx
 # the peer of make bench's time-series case: what a user would reach for instead (xarray + dask)
-BENCH_PACKAGES := python3-xarray python3-dask python3-rioxarray
+BENCH_PACKAGES := python3-xarray python3-dask python3-rioxarray nginx
 # root needs --allow-run-as-root; more ranks than cores needs --oversubscribe (this machine has 2 cores)
 MPIRUN := mpirun --allow-run-as-root --oversubscribe
 MPI_TEST_TIMEOUT := 900

@@ -17,6 +17,10 @@ a Cloud-Optimized GeoTIFF (``gdal_translate -of COG`` with average overviews, ``
 * ``mosaic``: 2 x 2 such products on Sentinel-2 spacing (origins 10000 px apart, blocks 784 px off), one of
   them 40 % nodata (an orbit edge); gdal_translate reads a VRT of the same tiles; mpirun -n 3. The decoding
   floor: single-threaded decode CPU seconds of every distinct block of the 12 bands, divided by the cores.
+* ``remote``: the tile as three COGs (DEFLATE, tiled 512, with overviews) served by nginx on 127.0.0.1 (Debian's
+  package, a throw-away configuration), composed through a STAC item (``--stac``) on mpirun -n 3, against the same
+  command on the same COGs read locally (target: at most 1.10x its time); gdal_translate over a ``/vsicurl/`` VRT
+  of them is shown beside it, and nginx's access log gives the requests and bytes fetched.
 * ``series``: one tile x 6 dates of synthetic L2A products (mixed baselines, moving clouds), ``compose
   --composite median --cloud-mask`` on mpirun -n 3 against the peer a user would reach for, xarray + dask
   (rioxarray, threaded scheduler, 2 workers; the script is written beside the inputs as ``dask_peer.py``). The
@@ -42,6 +46,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -245,7 +250,7 @@ def mosaic_case(directory: str, size: int, ranks: int, codec: str = "zstd", cog:
 
 
 DEFAULT_CASES = ("gtiff", "gtiff:deflate", "jp2:zstd", "jp2:deflate", "gtiff+hdf5", "jp2:zstd+hdf5",
-                 "mosaic:zstd", "jp2:zstd+quicklook", "jp2:zstd+stretch", "series")
+                 "mosaic:zstd", "jp2:zstd+quicklook", "jp2:zstd+stretch", "series", "remote:zstd")
 #: --stretch percentile:2,98 (a counting pass, then the rendering pass from the kept values): at most this
 #: multiple of the same run with the fixed stretch.
 STRETCH_TARGET = 1.10
@@ -717,6 +722,116 @@ def print_series_result(r: dict) -> None:
     print("  targets met" if r["targets_met"] else "  TARGETS NOT MET")
 
 
+#: remote: mpi_s2 reading COGs from nginx on loopback at most this multiple of the same run reading them locally
+REMOTE_TARGET = 1.10
+REMOTE_RANKS = 3
+
+
+def remote_cogs(directory: str, size: int) -> list[str]:
+    """The synthetic tile as COGs (DEFLATE, tiled 512, overviews: as Earth Search serves Sentinel-2), made once."""
+    folder = os.path.join(directory, "cogs")
+    paths = [os.path.join(folder, f"{band}.tif") for band in ("B04", "B03", "B02")]
+    stamp = os.path.join(directory, f"cogs-{size}.done")
+    if not os.path.exists(stamp):
+        print(f"generating a {size} x {size} synthetic tile as three COGs (DEFLATE, tiled 512)...", flush=True)
+        synthesize(directory, SynthOptions(size=size, block=512, compress="NONE"))
+        os.makedirs(folder, exist_ok=True)
+        for role, path in zip(("red", "green", "blue"), paths, strict=True):
+            gdal.Translate(path, os.path.join(directory, BAND_FILES[role]), format="COG",
+                           creationOptions=["COMPRESS=DEFLATE", "BLOCKSIZE=512", "NUM_THREADS=2"])
+        for role in ("red", "green", "blue"):
+            os.unlink(os.path.join(directory, BAND_FILES[role]))
+        open(stamp, "w").close()
+    return paths
+
+
+def _tile_bytes(path: str) -> int:
+    """Bytes of the full-resolution tiles of a GeoTIFF (its TIFF tags, as GDAL reports them)."""
+    dataset = gdal.Open(path)
+    band = dataset.GetRasterBand(1)
+    bx, by = band.GetBlockSize()
+    return sum(int(band.GetMetadataItem(f"BLOCK_SIZE_{x}_{y}", "TIFF"))
+               for y in range(-(-dataset.RasterYSize // by)) for x in range(-(-dataset.RasterXSize // bx)))
+
+
+def run_remote_case(directory: str, size: int, repeat: int, env: dict[str, str], ranks: int,
+                    codec: str = "zstd") -> dict:
+    """One tile of COGs read from nginx on 127.0.0.1 through a STAC item, against the same COGs read locally
+    (interleaved, the order alternating), with gdal_translate over a ``/vsicurl/`` VRT of them beside it."""
+    from mpi_s2.tools.local_nginx import Nginx
+
+    cogs = remote_cogs(directory, size)
+    options = OUTPUT_CODECS[codec]
+    co = [arg for option in options for arg in ("--co", option)]
+    reports = {kind: os.path.join(directory, f"run-{kind}.json") for kind in ("local", "remote")}
+    outputs = {kind: os.path.join(directory, f"mpi_s2-{kind}.tif") for kind in ("local", "remote")}
+    local = _mpirun(ranks) + ["--red", cogs[0], "--green", cogs[1], "--blue", cogs[2], "-o", outputs["local"],
+                              "--overwrite", "-q", "--report", reports["local"], *co]
+    with Nginx(Path(os.path.dirname(cogs[0])), Path(directory) / "nginx") as server:
+        urls = [server.url(os.path.basename(path)) for path in cogs]
+        item = os.path.join(directory, "item.json")
+        raster = [{"scale": 0.0001, "offset": 0.0}]
+        with open(item, "w") as fh:
+            json.dump({"type": "Feature", "stac_version": "1.0.0", "id": "synthetic-tile", "geometry": None,
+                       "properties": {"datetime": "2023-06-01T10:25:59Z"}, "links": [],
+                       "assets": {role: {"href": url, "raster:bands": raster}
+                                  for role, url in zip(("red", "green", "blue"), urls, strict=True)}}, fh)
+        remote = _mpirun(ranks) + ["--stac", item, "-o", outputs["remote"], "--overwrite", "-q", "--report",
+                                   reports["remote"], *co]
+        vrt = _vrt(os.path.join(directory, "remote.vrt"), ["/vsicurl/" + url for url in urls])
+        gdal_cmd = _gdal_translate(vrt, os.path.join(directory, "gdal_translate-remote.tif"), 0, options)
+        runs: dict[str, list[tuple[float, float]]] = {"local": [], "remote": [], "gdal": []}
+        peaks: dict[str, list[float]] = {"local": [], "remote": []}
+        fetched = None
+        for i in range(repeat):
+            for kind in (("local", "remote") if i % 2 == 0 else ("remote", "local")):
+                server.clear_log()
+                runs[kind].append(timed(local if kind == "local" else remote, env))
+                with open(reports[kind]) as fh:
+                    peaks[kind].append(max(r["peak_rss_mb"] for r in json.load(fh)["ranks"]))
+                if kind == "remote" and fetched is None:
+                    requests = server.requests()
+                    fetched = (len(requests), sum(r.bytes_sent for r in requests))
+            runs["gdal"].append(timed(gdal_cmd, env))
+            print(f"  [remote] run {i + 1}/{repeat}: local {runs['local'][-1][0]:.2f} s, remote "
+                  f"{runs['remote'][-1][0]:.2f} s, gdal_translate over /vsicurl/ {runs['gdal'][-1][0]:.2f} s",
+                  flush=True)
+    median = {kind: statistics.median(w for w, _ in values) for kind, values in runs.items()}
+    tiles = sum(_tile_bytes(path) for path in cogs)
+    assert fetched is not None
+    pixels = compare_rgba(outputs["local"], outputs["remote"])
+    result: dict[str, Any] = {
+        "case": f"remote:{codec}", "description": f"{size} x {size} x 3 uint16 COGs (DEFLATE, tiled 512) from nginx "
+                                                  f"on 127.0.0.1 via a STAC item, {codec.upper()} output",
+        "repeat": repeat, "ranks": ranks, "cores": os.cpu_count(),
+        "local_median_s": round(median["local"], 2), "remote_median_s": round(median["remote"], 2),
+        "remote_over_local": round(median["remote"] / median["local"], 3), "remote_target": REMOTE_TARGET,
+        "gdal_translate_remote_median_s": round(median["gdal"], 2),
+        "speedup_vs_gdal_translate_remote": round(median["gdal"] / median["remote"], 2),
+        "gdal_translate_peak_rss_mb": round(max(m for _, m in runs["gdal"]), 1),
+        "mpi_s2_largest_rank_rss_mb": round(max(peaks["remote"]), 1),
+        "requests": fetched[0], "bytes_fetched": fetched[1], "tile_bytes": tiles,
+        "fetched_over_tiles": round(fetched[1] / tiles, 4), "pixels_remote_vs_local": pixels,
+    }
+    result["targets_met"] = bool(result["remote_over_local"] <= REMOTE_TARGET and pixels["identical"]
+                                 and result["mpi_s2_largest_rank_rss_mb"] <= PEAK_MB_TARGET)
+    return result
+
+
+def print_remote_result(r: dict) -> None:
+    print(f"\n[{r['case']}] {r['description']}; {r['cores']} cores; median of {r['repeat']}; mpirun -n {r['ranks']}")
+    print(f"  mpi_s2 reading the COGs locally   {r['local_median_s']:7.2f} s")
+    print(f"  mpi_s2 reading them from nginx    {r['remote_median_s']:7.2f} s   {r['remote_over_local']:.3f}x local "
+          f"(target <= {r['remote_target']}x); largest rank {r['mpi_s2_largest_rank_rss_mb']:.0f} MB")
+    print(f"  gdal_translate over /vsicurl/     {r['gdal_translate_remote_median_s']:7.2f} s   (mpi_s2 "
+          f"{r['speedup_vs_gdal_translate_remote']:.2f}x faster; peak RSS {r['gdal_translate_peak_rss_mb']:.0f} MB)")
+    print(f"  fetched: {r['requests']} requests, {r['bytes_fetched']} bytes = {r['fetched_over_tiles']:.3f}x the "
+          f"full-resolution tiles ({r['tile_bytes']} bytes)")
+    p = r["pixels_remote_vs_local"]
+    print("  pixels: identical to the local run" if p["identical"] else f"  pixels: DIFFERENT: {p}")
+    print("  targets met" if r["targets_met"] else "  TARGETS NOT MET")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mpi_s2.tools.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -727,6 +842,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated INPUT[:CODEC][+cog][+hdf5][+quicklook|+stretch] (INPUT gtiff, jp2 or "
                              "mosaic; "
                              "or series: 6 dates, --composite median --cloud-mask against xarray + dask; "
+                             "or remote[:CODEC]: the tile as COGs from nginx on 127.0.0.1 against them read locally; "
                              "CODEC zstd, deflate, lzw; +hdf5: mpi_s2 --backend hdf5; +quicklook: mpi_s2 without "
                              "and with --quicklook; +stretch: mpi_s2 with --stretch fixed and percentile:2,98; "
                              "default " + ",".join(DEFAULT_CASES) + ")")
@@ -742,6 +858,14 @@ def main(argv: list[str] | None = None) -> int:
     if "series" in specs:
         check_peer(env)  # before hours of other cases
     for spec in specs:
+        if spec.partition(":")[0] == "remote":
+            directory = os.path.join(args.dir, "remote")
+            os.makedirs(directory, exist_ok=True)
+            _BACKEND["hdf5"] = False
+            results.append(run_remote_case(directory, args.size, args.repeat, env, args.ranks or REMOTE_RANKS,
+                                           spec.partition(":")[2] or "zstd"))
+            print_remote_result(results[-1])
+            continue
         if spec == "series":
             directory = os.path.join(args.dir, "series")
             os.makedirs(directory, exist_ok=True)
