@@ -234,7 +234,10 @@ def _search_arguments(group, url_option: bool) -> None:
     group.add_argument("--bbox", type=_bbox, metavar="W,S,E,N", help="search within this box (degrees)")
     group.add_argument("--aoi", metavar="FILE.geojson",
                        help="search where the items intersect this area (a GeoJSON polygon, feature or "
-                            "feature collection, in degrees)")
+                            "feature collection, in degrees)" if not url_option else
+                            "the area of interest (a GeoJSON polygon, feature or feature collection, in degrees): "
+                            "the output is cut to it, pixels outside it are nodata and windows outside it are "
+                            "never read; with --stac-search, the search is within it too")
     group.add_argument("--save-items", metavar="FILE.json",
                        help="save the items found (an ItemCollection): a job whose nodes cannot reach the "
                             "catalogue then runs from --stac FILE.json")
@@ -258,7 +261,7 @@ def _catalogue(args: argparse.Namespace):
     from mpi_s2.config import Catalogue
     from mpi_s2.inputs.stac import parse_assets
 
-    search_only = [f"--{name.replace('_', '-')}" for name in ("collection", "bbox", "aoi", "save_items")
+    search_only = [f"--{name.replace('_', '-')}" for name in ("collection", "bbox", "save_items")
                    if getattr(args, name) is not None]
     if not args.stac and not args.stac_search:
         if search_only or args.assets:
@@ -492,7 +495,7 @@ def compose_config(args: argparse.Namespace):
         quicklook_size=args.quicklook_size,
         creation_options=dict(args.co), overwrite=args.overwrite, resume=args.resume is True,
         resume_auto=args.resume == "auto", report=args.report,
-        progress=not args.quiet, progress_file=args.progress_file,
+        progress=not args.quiet, progress_file=args.progress_file, aoi=args.aoi,
     )
 
 

@@ -78,6 +78,29 @@ def test_same_zone_overlap_first_valid_wins(product_a, tmp_path_factory, tmp_pat
     assert [i["placement"]["col_off"] for i in inputs] == [0, 800] and not any(i["reprojected"] for i in inputs)
 
 
+def test_a_south_east_tile_first_still_gives_the_union_grid(product_a, tmp_path_factory, tmp_path):
+    """The grid is the inputs' union whatever their order: the first input (here B, south-east of A: placed at a
+    negative offset from its own corner before the grid is known) used to fail with "window offsets must be >= 0"
+    (found with --order cloud-cover putting a southern tile first)."""
+    b = make(tmp_path_factory, "b-first", size=1000, height=900, tile="32TNS",
+             origin=(ORIGIN[0] + 8000.0, ORIGIN[1] - 3000.0), sensing="20230716T102559")
+    out, report = tmp_path / "mosaic.tif", tmp_path / "run.json"
+    result = run_mpi_s2(["compose", b, product_a, "-o", str(out), "-q", "--report", str(report)], ranks=3)
+    assert result.returncode == 0, result.stderr
+    ds = gdal.Open(str(out))
+    assert (ds.GetGeoTransform(), ds.RasterXSize, ds.RasterYSize) == expected_grid([product_a, b], 32632)
+    expected = np.zeros((3, 1200, 1800), dtype=np.uint8)
+    alpha = np.zeros((1200, 1800), dtype=np.uint8)
+    ref_a, valid_a = expected_tile(product_a, tmp_path, False)
+    ref_b, valid_b = expected_tile(b, tmp_path, False)
+    paste(expected, alpha, ref_a, valid_a, 0, 0)  # A is the later input ...
+    paste(expected, alpha, ref_b, valid_b, 800, 300)  # ... B, the first, wins where both are valid
+    rgba = read_array(out)
+    assert (rgba[3] == alpha).all() and (rgba[:3] == expected).all()
+    inputs = json.loads(report.read_text())["inputs"]
+    assert [(i["placement"]["col_off"], i["placement"]["row_off"]) for i in inputs] == [(800, 300), (0, 0)]
+
+
 def expected_grid(products: list[str], epsg: int, res: float = 10.0):
     """The mosaic's grid from the products' corners (see :func:`references.mosaic_grid`)."""
     return mosaic_grid([product_files(p)["red"] for p in products], epsg, res)

@@ -190,3 +190,63 @@ def test_bad_catalogue_input_is_one_line(real_item, tmp_path, case):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and lines[0].startswith(f"mpi_s2: error: {expected}"), lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.json"]
+
+
+@pytest.fixture(scope="module")
+def mosaic_series(tmp_path_factory):
+    """A 2 x 2 mosaic of tiles x 3 dates of synthetic L2A products (baselines 02.14 and 05.09 in turn), and the
+    same observations as COGs with one STAC item each (half with raster:bands, half with the baseline only)."""
+    from mpi_s2.inputs.products import open_product
+    from mpi_s2.tools.synth import SeriesOptions, synthesize_series
+
+    root = tmp_path_factory.mktemp("mosaic-series")
+    products, items = [], []
+    size = 256
+    for tile, (dx, dy) in enumerate([(0, 0), (1, 0), (0, 1), (1, 1)]):
+        origin = (399960.0 + dx * size * 10, 5300040.0 - dy * size * 10)
+        series = synthesize_series(str(root / f"products-{tile}"), SeriesOptions(
+            dates=3, size=size, jp2_block=128, origin=origin, seed=tile + 3, start=f"2023060{tile + 1}T102559"))
+        for product_path in series.products:
+            product = open_product(product_path)
+            md = product.metadata
+            name = f"t{tile}-{md.sensing_time[:10]}"
+            files = dict(zip(("red", "green", "blue"), product.rgb_files(10), strict=True))
+            files["scl"] = product.scl_file(20)
+            assets = {}
+            for role, source in files.items():
+                cog = root / "cogs" / name / f"{role}.tif"
+                cog.parent.mkdir(parents=True, exist_ok=True)
+                gdal.Translate(str(cog), source, format="COG", creationOptions=["BLOCKSIZE=128", "COMPRESS=DEFLATE"])
+                assets[role] = {"href": f"{name}/{role}.tif", "type": "image/tiff; application=geotiff"}
+                if role != "scl" and len(items) % 2 == 0:
+                    offset = -0.1 if md.baseline >= "04.00" else 0.0
+                    assets[role]["raster:bands"] = [{"scale": 0.0001, "offset": offset}]
+            items.append({"type": "Feature", "stac_version": "1.0.0", "id": name, "geometry": None,
+                          "properties": {"datetime": md.sensing_time, "eo:cloud_cover": md.cloud_cover,
+                                         "s2:processing_baseline": md.baseline},
+                          "links": [], "assets": assets})
+            products.append(product_path)
+    return products, items[::-1], root / "cogs"  # the items in another order than the products
+
+
+@pytest.mark.parametrize("composite", ["median", "first"])
+def test_an_item_collection_of_a_2x2_mosaic_of_3_dates_composes_as_the_local_products(mosaic_series, tmp_path,
+                                                                                       composite):
+    products, items, cogs = mosaic_series
+    args = ["--cloud-mask", "--composite", composite, "--order", "cloud-cover", "-q"]
+    local = tmp_path / "local.tif"
+    result = run_mpi_s2(["compose", *products, *args, "-o", str(local)], ranks=3)
+    assert result.returncode == 0, result.stderr
+    with Nginx(cogs, tmp_path / "nginx") as server:
+        collection = tmp_path / "items.json"  # relative hrefs: resolved against the collection's URL
+        (cogs / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+        remote = tmp_path / "remote.tif"
+        result = run_mpi_s2(["compose", "--stac", server.url("items.json"), *args, "-o", str(remote),
+                             "--report", str(tmp_path / "r.json")], ranks=3)
+        assert result.returncode == 0, result.stderr
+        del collection
+    assert np.array_equal(gdal.Open(str(remote)).ReadAsArray(), gdal.Open(str(local)).ReadAsArray())
+    assert gdal.Open(str(remote)).GetGeoTransform() == gdal.Open(str(local)).GetGeoTransform()
+    notes = {i["input"]: i["radiometry_note"] for i in json.loads((tmp_path / "r.json").read_text())["inputs"]}
+    assert len(notes) == 12 and sum("from raster:bands" in n for n in notes.values()) == 6
+    assert all("offsets -1000/-1000/-1000" in n or "offsets 0/0/0" in n for n in notes.values())

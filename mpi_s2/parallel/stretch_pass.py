@@ -85,7 +85,8 @@ def count_values(comm: MPI.Comm, roles: Roles, plan: Plan, stats: RankStats, cou
         tables = ValueTables([tuple(st.offset for st in s.stretches) for s in plan.sources])
         composer = WindowComposer(plan.sources, tables, alpha=False, max_pixels=plan.output.max_pixels,
                                   mask_lut=invalid_class_lut(config.mask_classes) if config.cloud_mask else None,
-                                  counter=counter, composite=config.composite, keep_values=True)
+                                  counter=counter, composite=config.composite, keep_values=True,
+                                  aoi=plan.aoi)
         source = CountingSource(composer, plan.output.max_pixels, store)
         worker = ItemWorker(source, stats, counter, plan.staged)
     todo = list(range(len(plan.windows)))

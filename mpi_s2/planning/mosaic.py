@@ -7,19 +7,24 @@
 * The scene classification (20 m) is put onto each input's 10 m grid by nearest neighbour in a warped VRT,
   which takes, for every 10 m pixel, the 20 m pixel that contains its centre.
 Where inputs overlap, the first valid pixel in the given order wins (see :mod:`mpi_s2.worker.compose`).
+
+:func:`clip_mosaic` cuts the mosaic to a window of its grid (``--aoi``, see :mod:`mpi_s2.planning.aoi`): whole
+pixels, nothing resampled; an input on the grid is then read from an offset into its files
+(:attr:`TileSource.file_offset`), a reprojected one through a warped VRT onto its part of the smaller grid.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from osgeo import gdal, osr
 
 from mpi_s2.errors import InputError
 from mpi_s2.inputs.bands import BandInfo, Grid, inspect_band_set, inspect_mask, same_crs
 from mpi_s2.pixels.radiometry import Stretch
-from mpi_s2.windows import Window
+from mpi_s2.windows import Window, intersection, relative_to
 
 gdal.UseExceptions()
 
@@ -75,6 +80,17 @@ class TileSource:
     # > 0: the SCL (or its staged copy) is read on its own grid, whose pixel (r, c) covers the band pixels
     # (r * f .. r * f + f - 1, c * f ..): Sentinel-2's 20 m SCL beside 10 m bands (f = 2), upsampled by numpy
     mask_factor: int = 0
+    # the band files' pixel (col, row) at the placement's upper-left corner: (0, 0) but for an input on the
+    # output grid that the mosaic was cut into (--aoi); the SCL is read in the band files' coordinates too
+    file_offset: tuple[int, int] = (0, 0)
+
+    def local(self, part: Window) -> Window:
+        """``part`` (output pixel coordinates, within :attr:`placement`) in what :attr:`datasets` read."""
+        local = relative_to(part, self.placement)
+        if self.file_offset == (0, 0):
+            return local
+        return Window(local.col_off + self.file_offset[0], local.row_off + self.file_offset[1], local.width,
+                      local.height)
 
 
 def _srs(wkt_or_user: str, label: str) -> osr.SpatialReference:
@@ -146,7 +162,7 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
         on_grid = target is None or (aligned(grid) and abs(col - round(col)) < 1e-6 and abs(row - round(row)) < 1e-6)
         band_warp = None
         if on_grid:
-            placement = Window(round(col), round(row), grid.width, grid.height)
+            placement = _Cells(round(col), round(row), grid.width, grid.height)
             datasets = tile.files
             reprojected = False
         else:
@@ -154,7 +170,7 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
             minx, miny, maxx, maxy = osr.CoordinateTransformation(src, target).TransformBounds(*_bounds(grid), 21)
             c0, c1 = math.floor((minx - origin[0]) / res), math.ceil((maxx - origin[0]) / res)
             r0, r1 = math.floor((origin[1] - maxy) / res), math.ceil((origin[1] - miny) / res)
-            placement = Window(c0, r0, c1 - c0, r1 - r0)
+            placement = _Cells(c0, r0, c1 - c0, r1 - r0)
             band_warp = WarpSpec(target_wkt, _placement_bounds(placement, origin, res), res, resampling)
             datasets = tuple(band_warp.xml(f) for f in tile.files)  # type: ignore[assignment]
             reprojected = True
@@ -204,6 +220,80 @@ def mask_factor(bands: Grid, mask: Grid) -> int:
     return f
 
 
-def _placement_bounds(w: Window, origin: tuple[float, float], res: float) -> tuple[float, float, float, float]:
+class _Cells(NamedTuple):
+    """Pixels of the output grid from the first input's corner: negative for an input west or north of it (the
+    grid's own corner is known once every input is placed)."""
+
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+
+
+def _placement_bounds(w: Window | _Cells, origin: tuple[float, float], res: float) -> tuple[float, float, float, float]:
     return (origin[0] + w.col_off * res, origin[1] - (w.row_off + w.height) * res,
             origin[0] + (w.col_off + w.width) * res, origin[1] - w.row_off * res)
+
+
+def clip_mosaic(grid: Grid, sources: list[TileSource], window: Window
+                ) -> tuple[Grid, list[int], list[TileSource]]:
+    """The mosaic cut to ``window`` of its ``grid`` (whole pixels: the output's pixels stay the inputs'): the
+    smaller grid, the indices of the ``sources`` that lie in it, and those sources placed on it (an input on
+    the grid keeps its files and reads them from :attr:`TileSource.file_offset`; a reprojected one is warped onto
+    its part of the smaller grid, which gives the same pixels: the warp's transformer is exact)."""
+    x0, res, _, y0, _, dy = grid.geotransform
+    geotransform = (x0 + window.col_off * res, res, 0.0, y0 + window.row_off * dy, 0.0, dy)
+    origin = (geotransform[0], geotransform[3])
+    kept: list[int] = []
+    placed: list[TileSource] = []
+    for i, source in enumerate(sources):
+        part = intersection(source.placement, window)
+        if part is None:
+            continue
+        placement = relative_to(part, window)
+        if source.band_warp is not None:
+            warp = replace(source.band_warp, bounds=_placement_bounds(placement, origin, res))
+            changes: dict = {"band_warp": warp, "datasets": tuple(warp.xml(f) for f in source.files)}
+            if source.mask_warp is not None and source.scl and not source.mask_factor:
+                mask_warp = replace(source.mask_warp, bounds=warp.bounds)
+                changes.update(mask_warp=mask_warp, mask_dataset=mask_warp.xml(source.scl))
+        else:  # (its SCL warp, if any, is on the band files' own extent: read in their coordinates)
+            offset = source.local(part)
+            changes = {"file_offset": (offset.col_off, offset.row_off)}
+        kept.append(i)
+        placed.append(replace(source, placement=placement, **changes))
+    return Grid(window.width, window.height, geotransform, grid.crs_wkt), kept, placed
+
+
+def footprint(source: TileSource, file_grid: Grid, file_window: Window, grid: Grid, *, mask: bool
+              ) -> tuple[int, int, int, int]:
+    """The output pixels ``(col0, row0, col1, row1)`` (ends excluded; may reach beyond the grid) whose values
+    may depend on ``file_window`` of one of ``source``'s files (on ``file_grid``; ``mask``: its SCL): exact for
+    a file read in its own coordinates, else its georeferenced extent with a margin for the warp's kernel."""
+    shift_c = source.placement.col_off - source.file_offset[0]
+    shift_r = source.placement.row_off - source.file_offset[1]
+    w = file_window
+    if not source.reprojected and not mask:
+        return (w.col_off + shift_c, w.row_off + shift_r, w.col_off + w.width + shift_c,
+                w.row_off + w.height + shift_r)
+    if not source.reprojected and source.mask_factor:
+        f = source.mask_factor
+        return (w.col_off * f + shift_c, w.row_off * f + shift_r, (w.col_off + w.width) * f + shift_c,
+                (w.row_off + w.height) * f + shift_r)
+    margin = _WARP_MARGIN
+    gt = file_grid.geotransform
+    xs = sorted((gt[0] + (w.col_off - margin) * gt[1], gt[0] + (w.col_off + w.width + margin) * gt[1]))
+    ys = sorted((gt[3] + (w.row_off - margin) * gt[5], gt[3] + (w.row_off + w.height + margin) * gt[5]))
+    if same_crs(file_grid.crs_wkt, grid.crs_wkt):
+        minx, miny, maxx, maxy = xs[0], ys[0], xs[1], ys[1]
+    else:
+        transform = osr.CoordinateTransformation(_srs(file_grid.crs_wkt, source.label), _srs(grid.crs_wkt, "--crs"))
+        minx, miny, maxx, maxy = transform.TransformBounds(xs[0], ys[0], xs[1], ys[1], 21)
+    x0, res, _, y0, _, dy = grid.geotransform
+    cols = sorted(((minx - x0) / res, (maxx - x0) / res))
+    rows = sorted(((miny - y0) / dy, (maxy - y0) / dy))
+    return math.floor(cols[0]) - 1, math.floor(rows[0]) - 1, math.ceil(cols[1]) + 1, math.ceil(rows[1]) + 1
+
+
+#: Source pixels around a unit that a warp may still read for the output pixels beside it (cubic: 2)
+_WARP_MARGIN = 8

@@ -23,7 +23,7 @@ from mpi_s2.inputs.cloudmask import masked_fraction
 from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.inputs.products import open_product
 from mpi_s2.inputs.stac import band_sets, items_from
-from mpi_s2.inputs.stac_search import save_items, search_items
+from mpi_s2.inputs.stac_search import read_aoi, save_items, search_items
 from mpi_s2.output.fingerprint import fingerprint_digest, run_fingerprint, stored_digest
 from mpi_s2.output.hdf5_store import h5_path
 from mpi_s2.output.paths import spool_path
@@ -39,7 +39,8 @@ from mpi_s2.output.run_lock import wait_until_free
 from mpi_s2.pixels.composite import STACK_BYTES_PER_SAMPLE, check_stretches, window_budget_side
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.pixels.stretch import StretchLimits, check_offsets, dn_luts, parse_stretch, read_limits
-from mpi_s2.planning.mosaic import TileInput, TileSource, layout_mosaic
+from mpi_s2.planning.aoi import OUTSIDE, AoiMask, AreaOfInterest, place_aoi
+from mpi_s2.planning.mosaic import TileInput, TileSource, clip_mosaic, footprint, layout_mosaic
 from mpi_s2.planning.observations import order_inputs, select_inputs, with_cloud_cover
 from mpi_s2.planning.scheduling import WorkPlan
 from mpi_s2.planning.stage_plan import StagedFile, StageUnit, check_staging_parent, plan_staging, remove_staging
@@ -68,6 +69,7 @@ class Plan:
     complete: bool = False  # --resume=auto: the output is already complete with this fingerprint; nothing to do
     observations: int = 1  # the most inputs covering one window (a --composite median/medoid stack's depth)
     inputs: tuple[dict, ...] = ()  # per input, in the order used: its label, date and cloud cover (the report)
+    aoi: AreaOfInterest | None = None  # --aoi: the output is cut to it, pixels outside it are nodata
 
     @property
     def windows(self) -> tuple[Window, ...]:
@@ -219,8 +221,15 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     check_paths(config, request)
     tiles = resolve_inputs(config)
     grid, placed, block_size = layout_mosaic(tiles, config.crs, config.resampling)
-    covers = lambda w: any(intersection(w, s.placement) for s in placed)  # noqa: E731
+    aoi = None
+    if config.aoi:
+        grid, placed, tiles, aoi = _clip_to_aoi(config.aoi, grid, placed, tiles)
+    inside = AoiMask(aoi) if aoi else None
+    covers = lambda w: (any(intersection(w, s.placement) for s in placed)  # noqa: E731
+                        and (inside is None or inside.classify(w) != OUTSIDE))
     output = plan_output(request, grid, block_size, _metadata(config, placed), covers=covers)
+    if aoi and not output.windows:
+        raise InputError(f"--aoi {config.aoi}: covers no pixel of the inputs")
     observations = 1
     if config.composite != "first":
         check_stretches([s.stretches for s in placed], [s.label for s in placed])
@@ -235,9 +244,11 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     sources, staged, units, staging = plan_staging(placed, output.window_size, config.output,
                                                    cloud_mask=config.cloud_mask, parent=config.staging_dir,
                                                    single_node=single_node, extra_bytes=kept)
+    if aoi:
+        units = _units_needed(units, staged, sources, output, grid)
     copied = [s.placement for s, before in zip(sources, placed, strict=True) if s != before]
     independent = tuple(not any(intersection(w, p) for p in copied) for w in output.windows)
-    fingerprint = _fingerprint(config, sources, output)
+    fingerprint = _fingerprint(config, sources, output, aoi)
     digest = fingerprint_digest(fingerprint)
     output = dataclasses.replace(output, fingerprint=fingerprint,
                                  spec=dataclasses.replace(output.spec, fingerprint_digest=digest))
@@ -249,7 +260,40 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
                     "cloud_cover_from": t.cloud_cover_from or None} for t in tiles)
     return Plan(config, grid, tuple(sources), block_size, output, staged=tuple(staged), stage_units=tuple(units),
                 independent=independent, blocks_total=blocks_total, staging_directory=staging, complete=complete,
-                observations=observations, inputs=inputs)
+                observations=observations, inputs=inputs, aoi=aoi)
+
+
+def _clip_to_aoi(path: str, grid: Grid, placed: list[TileSource], tiles: list[TileInput]
+                 ) -> tuple[Grid, list[TileSource], list[TileInput], AreaOfInterest]:
+    """``--aoi``: the mosaic cut to the AOI's envelope (see :mod:`mpi_s2.planning.aoi`), without the inputs that
+    lie outside it."""
+    window, aoi = place_aoi(path, read_aoi(path), grid)
+    clipped, kept, sources = clip_mosaic(grid, placed, window)
+    left = len(tiles) - len(kept)
+    log.info("--aoi %s: the output is cut to %d x %d of the mosaic's %d x %d pixels%s", path, clipped.width,
+             clipped.height, grid.width, grid.height,
+             f"; {plural(left, 'input')} outside it not read" if left else "")
+    return clipped, sources, [tiles[i] for i in kept], aoi
+
+
+def _units_needed(units: list[StageUnit], staged: list[StagedFile], sources: list[TileSource],
+                  output: OutputPlan, grid: Grid) -> list[StageUnit]:
+    """The staging units under some window of ``output`` (those outside the AOI are never decoded)."""
+    (ww, wh), kept = output.window_size, {(w.col_off, w.row_off) for w in output.windows}
+
+    def under_a_window(c0: int, r0: int, c1: int, r1: int) -> bool:
+        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, grid.width), min(r1, grid.height)
+        return any((col, row) in kept for row in range(r0 // wh * wh, r1, wh) for col in range(c0 // ww * ww, c1, ww))
+
+    needed = []
+    for unit in units:
+        file, source = staged[unit.files[0]], sources[unit.source]
+        if under_a_window(*footprint(source, file.grid, unit.window, grid, mask=file.original == source.scl)):
+            needed.append(unit)
+    if len(needed) < len(units):
+        log.info("--aoi: %d of %s to stage (the rest lies outside it)", len(needed),
+                 plural(len(units), "staging unit"))
+    return needed
 
 
 def _observations(windows: tuple[Window, ...], sources: list[TileSource]) -> int:
@@ -315,7 +359,8 @@ def _metadata(config: ComposeConfig, sources: list[TileSource]) -> dict[str, str
     return metadata
 
 
-def _fingerprint(config: ComposeConfig, sources: list[TileSource], output: OutputPlan) -> dict:
+def _fingerprint(config: ComposeConfig, sources: list[TileSource], output: OutputPlan,
+                 aoi: AreaOfInterest | None = None) -> dict:
     """What identifies the result (see :mod:`mpi_s2.output.fingerprint`)."""
     files = [path for source in sources for path in (*source.files, *([source.scl] if source.scl else []))]
     files += [p for p in config.products if os.path.isfile(p)]  # the metadata a product's radiometry came from
@@ -329,6 +374,8 @@ def _fingerprint(config: ComposeConfig, sources: list[TileSource], output: Outpu
     if config.stretch != "fixed" or config.stretch_from:  # (fixed: likewise)
         options["stretch"] = {"stretch": config.stretch, "bands": config.stretch_bands,
                               "from": read_limits(config.stretch_from).as_dict() if config.stretch_from else None}
+    if aoi is not None:  # (without: the fingerprint of before)
+        options["aoi"] = aoi.digest
     return run_fingerprint(files, output, radiometry, options)
 
 

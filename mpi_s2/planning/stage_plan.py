@@ -138,7 +138,9 @@ def reads_directly(source: TileSource, window_size: tuple[int, int]) -> bool:
         return False
     (bx, by), (ww, wh) = source.block_size, window_size
     p = source.placement
-    return p.col_off % bx == 0 and p.row_off % by == 0 and ww % bx == 0 and wh % by == 0
+    # (an input cut by --aoi is read from file_offset: its blocks start there, not at its placement)
+    return ((p.col_off - source.file_offset[0]) % bx == 0 and (p.row_off - source.file_offset[1]) % by == 0
+            and ww % bx == 0 and wh % by == 0)
 
 
 def unit_windows(grid: Grid, block_size: tuple[int, int]) -> list[Window]:

@@ -9,6 +9,10 @@ every band where no source is valid; the alpha band (if any) is 255 exactly wher
 Each window's pixels are counted into the rank's :class:`~mpi_s2.report.RankStats`: ``valid_pixels`` (some
 source valid) and ``cloud_masked_pixels`` (some source has data there, but every such source is masked); the
 rest of the window is nodata.
+
+With ``--aoi``, the pixels of a window outside the area (their centres, see :mod:`mpi_s2.planning.aoi`) are
+nodata as if no source covered them; a source whose part of the window lies wholly outside is not read (the
+planner hands out no window wholly outside).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mpi_s2.inputs.block_counts import DecodeCounter
 from mpi_s2.pixels.composite import check_stretches, composite, doubled_lut
 from mpi_s2.pixels.radiometry import render_window, valid_mask
 from mpi_s2.pixels.stretch import StretchLimits, ValueTables, doubled_luts, doubled_value_table
+from mpi_s2.planning.aoi import AoiMask, AreaOfInterest
 from mpi_s2.planning.mosaic import TileSource
 from mpi_s2.report import RankStats
 from mpi_s2.windows import Window, intersection, relative_to
@@ -31,11 +36,13 @@ class WindowComposer:
     def __init__(self, sources: Sequence[TileSource], luts: np.ndarray | ValueTables, *, alpha: bool,
                  mask_lut: np.ndarray | None, max_pixels: int, counter: DecodeCounter | None = None,
                  composite: str = "first", limits: StretchLimits | None = None, gamma: float = 2.2,
-                 keep_values: bool = False):
+                 keep_values: bool = False, aoi: AreaOfInterest | None = None):
         """``luts``: ``(n_sources, 3, 65536)`` tables by DN, uint8 display values (or, with ``keep_values``,
         uint32 kept values: :class:`~mpi_s2.pixels.stretch.ValueTables`). A median or medoid renders with the
-        contract's table, the tables of percentile ``limits`` (with ``gamma``), or kept values."""
+        contract's table, the tables of percentile ``limits`` (with ``gamma``), or kept values. ``aoi``: pixels
+        outside it are nodata."""
         self.sources = list(sources)
+        self.aoi = AoiMask(aoi) if aoi is not None else None
         self.luts = luts
         self.alpha = alpha
         self.composite = composite
@@ -91,16 +98,23 @@ class WindowComposer:
 
     def render(self, window: Window, block: np.ndarray, stats: RankStats) -> None:
         """Fill ``block`` (``(3|4, rows, cols)`` uint8) with the composed ``window``."""
+        inside = None
+        if self.aoi is not None:
+            with stats.timer("compute"):
+                inside = self.aoi.inside(window)  # None: every pixel is inside
         covering = [(i, part) for i, s in enumerate(self.sources)
-                    if (part := intersection(window, s.placement)) is not None]
+                    if (part := intersection(window, s.placement)) is not None
+                    and (inside is None or inside[relative_to(part, window).toslices()].any())]
         if self.composite != "first":
-            self._render_stack(window, covering, block, stats)
+            self._render_stack(window, covering, block, stats, inside)
             return
         if len(covering) == 1 and covering[0][1] == window:  # one source covers the window: the fast path
             i, _ = covering[0]
-            bands, invalid = self._read(i, relative_to(window, self.sources[i].placement), stats)
+            bands, invalid = self._read(i, self.sources[i].local(window), stats)
             with stats.timer("compute"):
                 valid = valid_mask(bands)
+                if inside is not None:
+                    valid &= inside
                 if invalid is not None:
                     invalid &= valid  # masked where there is data
                     stats.cloud_masked_pixels += int(np.count_nonzero(invalid))
@@ -116,10 +130,12 @@ class WindowComposer:
             has_data[...] = False
         masking = False
         for i, part in covering:
-            bands, invalid = self._read(i, relative_to(part, self.sources[i].placement), stats)
+            bands, invalid = self._read(i, self.sources[i].local(part), stats)
             with stats.timer("compute"):
                 rows, cols = relative_to(part, window).toslices()
                 take = valid_mask(bands)
+                if inside is not None:
+                    take &= inside[rows, cols]
                 if invalid is not None:
                     masking = True
                     has_data[rows, cols] |= take
@@ -136,23 +152,27 @@ class WindowComposer:
                 np.multiply(filled, 255, out=block[3], casting="unsafe")
 
     def _render_stack(self, window: Window, covering: list[tuple[int, Window]], block: np.ndarray,
-                      stats: RankStats) -> None:
+                      stats: RankStats, inside: np.ndarray | None = None) -> None:
         """``--composite median|medoid``: every covering source is one observation of the window's pixels,
         decoded once into the window's stack (directly where it covers the whole window)."""
         t, n = len(covering), window.size
+        if not t:  # (--aoi: no source under the window's pixels inside the area)
+            block[...] = 0
+            return
         with stats.timer("compute"):
             dn = np.zeros((t, 3, n), dtype=np.uint16)
             valid = np.zeros((t, n), dtype=bool)
             has_data = np.zeros(n, dtype=bool)
         masking = False
         for k, (i, part) in enumerate(covering):
-            local = relative_to(part, self.sources[i].placement)
             whole = part == window
             into = tuple(dn[k, b].reshape(window.shape) for b in range(3)) if whole else None
-            bands, invalid = self._read(i, local, stats, into)
+            bands, invalid = self._read(i, self.sources[i].local(part), stats, into)
             with stats.timer("compute"):
                 rows, cols = relative_to(part, window).toslices()
                 take = valid_mask(bands)
+                if inside is not None:
+                    take &= inside[rows, cols]
                 if invalid is not None:
                     masking = True
                     has_data.reshape(window.shape)[rows, cols] |= take

@@ -78,5 +78,5 @@ def compose_worker(plan: Plan, luts: np.ndarray, stats: RankStats, counter: Deco
     composer = WindowComposer(plan.sources, luts, alpha=config.alpha,
                               mask_lut=invalid_class_lut(config.mask_classes) if config.cloud_mask else None,
                               max_pixels=plan.output.max_pixels, counter=counter, composite=config.composite,
-                              limits=limits, gamma=config.gamma)
+                              limits=limits, gamma=config.gamma, aoi=plan.aoi)
     return ItemWorker(composer, stats, counter, plan.staged)
