@@ -95,11 +95,14 @@ def test_the_real_item_over_nginx_gives_the_local_pixels_and_fetches_each_tile_o
         assert 1 <= len(opens) <= 3  # the planner and each worker that reads it open it once
         data = [g for g in gets if g[0] != 0]
         needed = [t for t in tiles(COG_DIR / f"{band}.tif") if t[0] >= header_bytes or band == "SCL"]
-        for offset, size in needed:  # every tile arrives whole in exactly one request: fetched once
-            whole = [g for g in gets if g[0] <= offset and offset + size <= g[1]]
-            assert len(whole) == 1 or (band == "SCL" and len(whole) == len(opens)), (band, offset, size, gets)
+        # Every tile arrives. Beyond that, GDAL reads whole 16 kB chunks (CPL_VSIL_CURL_CHUNK_SIZE) and reads
+        # through a small tile lying between two it needs: the chunk a tile shares with its neighbour, or that
+        # small tile, may also reach the rank reading the neighbour. The bytes below bound that excess.
+        for offset, size in needed:
+            fetched = sum(max(0, min(end, offset + size) - max(start, offset)) for start, end in data or opens[:1])
+            assert fetched >= size, (band, offset, size, fetched, gets)
         if band != "SCL":  # (the SCL, 8 kB, arrives whole with each open)
-            assert len(data) < len(needed)  # consecutive tiles are merged into one request
+            assert len(data) < len(needed)  # consecutive tiles are merged into one request (in 16 kB chunks)
             tile_bytes = sum(size for _, size in needed)
             sent = sum(end - start for start, end in data)
             assert sent <= 1.1 * tile_bytes, (band, sent, tile_bytes)
@@ -250,3 +253,31 @@ def test_an_item_collection_of_a_2x2_mosaic_of_3_dates_composes_as_the_local_pro
     notes = {i["input"]: i["radiometry_note"] for i in json.loads((tmp_path / "r.json").read_text())["inputs"]}
     assert len(notes) == 12 and sum("from raster:bands" in n for n in notes.values()) == 6
     assert all("offsets -1000/-1000/-1000" in n or "offsets 0/0/0" in n for n in notes.values())
+
+
+def test_slow_answers_and_dropped_connections_still_give_the_exact_pixels(real_item, nginx, local_pixels,
+                                                                          tmp_path):
+    # every answer 20 ms late, every 4th connection closed without an answer (libcurl resends on a new one)
+    with FaultProxy(nginx.url(), delay=0.02, drop_every=4) as proxy:
+        item = item_at(real_item, lambda band: proxy.url(f"{band}.tif"), tmp_path / "item.json")
+        out = tmp_path / "remote.tif"
+        result = run_mpi_s2(["compose", "--stac", item, "--cloud-mask", "-o", str(out), "-q"], ranks=3,
+                            env=FAST_RETRIES)
+        assert result.returncode == 0, result.stderr
+        assert proxy.dropped >= 3, (proxy.dropped, proxy.requests)
+    assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), local_pixels)
+
+
+def test_offset_option_overrides_the_items_offsets(real_item, tmp_path):
+    """--offset wins over raster:bands (the item says 0): the same pixels as the band files with --offset."""
+    item = item_at(real_item, lambda band: str(COG_DIR / f"{band}.tif"), tmp_path / "item.json")
+    bands = [f"--{role}={COG_DIR / band}.tif" for role, band in ROLES.items() if role != "scl"]
+    outputs = {}
+    for name, inputs in (("stac", ["--stac", item]), ("bands", bands)):
+        outputs[name] = tmp_path / f"{name}.tif"
+        result = run_mpi_s2(["compose", *inputs, "--offset", "-1000", "-o", str(outputs[name]), "--report",
+                             str(tmp_path / f"{name}.json")], ranks=2)
+        assert result.returncode == 0, result.stderr
+    assert np.array_equal(gdal.Open(str(outputs["stac"])).ReadAsArray(), gdal.Open(str(outputs["bands"])).ReadAsArray())
+    note = json.loads((tmp_path / "stac.json").read_text())["inputs"][0]["radiometry_note"]
+    assert note == "offsets -1000/-1000/-1000 (B04/B03/B02), scale 10000, from raster:bands, overridden by options"
