@@ -109,13 +109,18 @@ def test_the_real_item_over_nginx_gives_the_local_pixels_and_fetches_each_tile_o
             assert sum(end - start for start, end in opens) <= len(opens) * header_bytes
 
 
+def compose_through(proxy: FaultProxy, real_item: dict, tmp_path: Path) -> Path:
+    """Compose the real item with ``--cloud-mask`` on 3 ranks, its COGs read through ``proxy``; the output."""
+    item = item_at(real_item, lambda band: proxy.url(f"{band}.tif"), tmp_path / "item.json")
+    out = tmp_path / "remote.tif"
+    result = run_mpi_s2(["compose", "--stac", item, "--cloud-mask", "-o", str(out), "-q"], ranks=3, env=FAST_RETRIES)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def test_a_third_of_requests_failing_still_gives_the_exact_pixels(real_item, nginx, local_pixels, tmp_path):
     with FaultProxy(nginx.url(), fail_fraction=0.3, seed=19) as proxy:
-        item = item_at(real_item, lambda band: proxy.url(f"{band}.tif"), tmp_path / "item.json")
-        out = tmp_path / "remote.tif"
-        result = run_mpi_s2(["compose", "--stac", item, "--cloud-mask", "-o", str(out), "-q"], ranks=3,
-                            env=FAST_RETRIES)
-        assert result.returncode == 0, result.stderr
+        out = compose_through(proxy, real_item, tmp_path)
         assert proxy.faults >= 5, (proxy.faults, proxy.requests)
     assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), local_pixels)
 
@@ -259,11 +264,7 @@ def test_slow_answers_and_dropped_connections_still_give_the_exact_pixels(real_i
                                                                           tmp_path):
     # every answer 20 ms late, every 4th connection closed without an answer (libcurl resends on a new one)
     with FaultProxy(nginx.url(), delay=0.02, drop_every=4) as proxy:
-        item = item_at(real_item, lambda band: proxy.url(f"{band}.tif"), tmp_path / "item.json")
-        out = tmp_path / "remote.tif"
-        result = run_mpi_s2(["compose", "--stac", item, "--cloud-mask", "-o", str(out), "-q"], ranks=3,
-                            env=FAST_RETRIES)
-        assert result.returncode == 0, result.stderr
+        out = compose_through(proxy, real_item, tmp_path)
         assert proxy.dropped >= 3, (proxy.dropped, proxy.requests)
     assert np.array_equal(gdal.Open(str(out)).ReadAsArray(), local_pixels)
 
