@@ -170,7 +170,7 @@ def test_an_unreachable_api_is_one_line(tmp_path):
 
 def test_aoi_file_errors(tmp_path):
     from mpi_s2.errors import InputError
-    from mpi_s2.inputs.stac_search import read_aoi
+    from mpi_s2.inputs.area import read_aoi
 
     polygon = {"type": "Polygon", "coordinates": [[[8, 46], [9, 46], [9, 47], [8, 46]]]}
     (tmp_path / "f.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [

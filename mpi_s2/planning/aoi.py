@@ -1,6 +1,6 @@
 """An area of interest (``--aoi FILE.geojson``) on the output grid: pure geometry, no MPI.
 
-The planner reads the file (:func:`mpi_s2.inputs.stac_search.read_aoi`: a polygon in longitude and latitude) and
+The planner reads the file (:func:`mpi_s2.inputs.area.read_aoi`: a polygon in longitude and latitude) and
 :func:`place_aoi` puts it on the mosaic's grid:
 
 * Its edges are straight in longitude and latitude (GeoJSON): they are densified every :data:`DENSIFY_DEGREES`

@@ -17,13 +17,14 @@ import numpy as np
 
 from mpi_s2.config import BandFiles, ComposeConfig
 from mpi_s2.errors import InputError, OutputError
+from mpi_s2.inputs.area import read_aoi
 from mpi_s2.inputs.bands import Grid, gdal_path, inspect_mask
 from mpi_s2.inputs.block_counts import block_count
 from mpi_s2.inputs.cloudmask import masked_fraction
 from mpi_s2.inputs.metadata import RGB_BANDS
 from mpi_s2.inputs.products import open_product
 from mpi_s2.inputs.stac import band_sets, items_from
-from mpi_s2.inputs.stac_search import read_aoi, save_items, search_items
+from mpi_s2.inputs.stac_search import save_items, search_items
 from mpi_s2.output.fingerprint import fingerprint_digest, run_fingerprint, stored_digest
 from mpi_s2.output.hdf5_store import h5_path
 from mpi_s2.output.paths import spool_path
