@@ -6,10 +6,11 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(abspath $(VENV))/bin/python
 DEBIAN_PACKAGES := gdal-bin python3-gdal python3-mpi4py python3-h5py-mpi openmpi-bin python3-numpy python3-venv \
-  python3-wheel python3-tifffile python3-matplotlib python3-tqdm
-# The test suite also starts a local Slurm cluster (tests/cluster/local-cluster.sh) and nginx on 127.0.0.1 (the
-# remote-input tests serve COGs with Range requests from it): needed by `make test` only.
-CLUSTER_PACKAGES := slurm-wlm munge iproute2 nginx
+  python3-wheel python3-tifffile python3-matplotlib python3-tqdm python3-psycopg
+# The test suite also starts a local Slurm cluster (tests/cluster/local-cluster.sh), nginx on 127.0.0.1 (the
+# remote-input tests serve COGs with Range requests from it) and a PostgreSQL server on 127.0.0.1 (a campaign's
+# status database): needed by `make test` only.
+CLUSTER_PACKAGES := slurm-wlm munge iproute2 nginx postgresql
 # the peer of make bench's time-series case: what a user would reach for instead (xarray + dask)
 BENCH_PACKAGES := python3-xarray python3-dask python3-rioxarray nginx
 # root needs --allow-run-as-root; more ranks than cores needs --oversubscribe (this machine has 2 cores)

@@ -136,6 +136,9 @@ new_root() {
   mnt "$ROOT/var/cache/apt/archives" --bind "$FRESH_DIR/cache/apt"   # downloads only, reinstalled every run
   mnt "$ROOT/root/.cache/pip" --bind "$FRESH_DIR/cache/pip"
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  # Packages must not start their services in the root (nginx, postgresql: the tests start their own on
+  # 127.0.0.1): the policy Debian's invoke-rc.d asks, as in container images.
+  printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d" && chmod +x "$ROOT/usr/sbin/policy-rc.d"
   # This machine reaches the package registries through a proxy with its own CA: trust it as the host does.
   if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"

@@ -2,7 +2,7 @@
 
 Rooms from the top (what the user calls) to the ground (what everything shares); a module may import its own
 room and the rooms below it, never one above (docs/architecture.md):
-cli > scaling > tools > parallel > worker > planning > output > pixels > inputs > the ground floor.
+cli > campaign > scaling > tools > parallel > worker > planning > output > pixels > inputs > the ground floor.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mpi_s2"
-ROOMS = ["ground", "inputs", "pixels", "output", "planning", "worker", "parallel", "tools", "scaling", "cli"]
+ROOMS = ["ground", "inputs", "pixels", "output", "planning", "worker", "parallel", "tools", "scaling", "campaign",
+         "cli"]
 GROUND = {"mpi_s2", "mpi_s2.windows", "mpi_s2.errors", "mpi_s2.config", "mpi_s2.report", "mpi_s2.text",
           "mpi_s2.faults"}
 #: Pure parts: importable and usable without MPI (nor parallel HDF5).
@@ -24,7 +25,8 @@ PURE = ["mpi_s2.windows", "mpi_s2.errors", "mpi_s2.config", "mpi_s2.report", "mp
         "mpi_s2.output.tile_messages", "mpi_s2.output.quicklook", "mpi_s2.output.fingerprint",
         "mpi_s2.planning.plan", "mpi_s2.planning.scheduling", "mpi_s2.planning.stage_plan", "mpi_s2.planning.mistakes",
         "mpi_s2.worker.items",
-        "mpi_s2.parallel.progress", "mpi_s2.scaling.model", "mpi_s2.cli"]
+        "mpi_s2.parallel.progress", "mpi_s2.scaling.model", "mpi_s2.campaign.grid", "mpi_s2.campaign.store",
+        "mpi_s2.campaign.reconcile", "mpi_s2.campaign.slurm", "mpi_s2.cli"]
 
 
 def module_name(path: Path) -> str:
