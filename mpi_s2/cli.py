@@ -9,6 +9,7 @@ import argparse
 import datetime
 import difflib
 import logging
+import os
 import re
 import shlex
 import sys
@@ -73,6 +74,8 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         parsed, extras = self.parse_known_args(args, namespace)
+        if getattr(parsed, "action", None) == "plan":  # campaign plan: the rest are the tiles' compose options
+            parsed.compose_options, extras = extras, []
         if extras:  # left over by the subcommand: name it, not the top-level parser
             parser = self.commands.get(getattr(parsed, "command", None) or "", self)
             parser.error(_unrecognized(parser, extras))
@@ -224,6 +227,16 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
     return west, south, east, north
 
 
+def _extent(text: str) -> tuple[float, float, float, float]:
+    try:
+        xmin, ymin, xmax, ymax = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not XMIN,YMIN,XMAX,YMAX (four numbers)") from None
+    if not (xmin < xmax and ymin < ymax):
+        raise argparse.ArgumentTypeError(f"{text!r}: needs XMIN < XMAX and YMIN < YMAX")
+    return xmin, ymin, xmax, ymax
+
+
 def _search_arguments(group, url_option: bool) -> None:
     """The options of a STAC API search: ``--stac-search URL`` in compose, ``URL`` in mpi-s2 search."""
     if url_option:
@@ -305,6 +318,9 @@ def _compose_arguments(compose: argparse.ArgumentParser) -> None:
     select.add_argument("--mask-classes", default=",".join(map(str, DEFAULT_MASK_CLASSES)), metavar="LIST",
                         help="SCL classes to mask (default 3,8,9,10: cloud shadow, medium and high "
                              "probability cloud, thin cirrus)")
+    select.add_argument("--extent", type=_extent, metavar="XMIN,YMIN,XMAX,YMAX",
+                        help="cut the output to this box, in the output CRS's units (snapped outward to whole "
+                             "pixels; a campaign's tiles are such boxes)")
     select.add_argument("--crs", help="output CRS, e.g. EPSG:32632 (default: the first input's); inputs in "
                                       "another CRS are reprojected")
     select.add_argument("--resampling", default="near", choices=RESAMPLING,
@@ -447,8 +463,98 @@ def build_parser() -> argparse.ArgumentParser:
                          help="JPEG 2000 tile size (default 1024, as ESA's products)")
     product.add_argument("--orbit-edge", type=float, default=0.0, metavar="F",
                          help="make fraction F of the tile nodata beyond a slanted swath edge (default 0)")
+    _campaign_parsers(sub, verbosity)
     parser.commands = dict(sub.choices)
     return parser
+
+
+CAMPAIGN_EXAMPLE = """\
+example (on a login node; each tile is one task of a Slurm job array):
+  mpi-s2 campaign plan europe/ --aoi europe.geojson --grid mgrs --stac-search \\
+      https://earth-search.aws.element84.com/v1 --collection sentinel-2-l2a --dates 2023-06-01/2023-08-31 \\
+      --max-cloud-cover 60 --cloud-mask --composite median
+  mpi-s2 campaign submit europe/ --max-running 50 --ranks-per-tile 17 --sbatch-options "-p compute -t 2:00:00"
+  mpi-s2 campaign status europe/
+  mpi-s2 campaign retry europe/ --failed --max-attempts 3
+  mpi-s2 campaign assemble europe/ -o europe.vrt
+"""
+#: Options a campaign sets for every tile itself: not allowed among a plan's compose options.
+CAMPAIGN_SETS = ("-o", "--output", "--stac", "--stac-search", "--collection", "--bbox", "--save-items", "--aoi",
+                 "--crs", "--extent", "--report", "--resume", "--overwrite", "--progress-file", "--quicklook",
+                 "--red", "--green", "--blue", "--scl", "--date")
+
+
+def _campaign_parsers(sub, verbosity: argparse.ArgumentParser) -> None:
+    campaign = sub.add_parser(
+        "campaign", parents=[verbosity],
+        help="country- and continent-scale production: many tiles as Slurm job arrays, with a status database",
+        description="A campaign cuts an area into output tiles, composes each as one task of a Slurm job array, "
+                    "keeps one status per tile (SQLite, or PostgreSQL with --db), retries what failed and "
+                    "assembles one seamless result. See docs/campaigns.md.",
+        epilog=CAMPAIGN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = campaign.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    plan = actions.add_parser(  # no abbreviations: the compose options pass through ("--co" is not --collection)
+        "plan", parents=[verbosity], allow_abbrev=False, usage="%(prog)s DIR --aoi FILE.geojson [--grid mgrs|SIZE_KM] "
+                                           "(--stac ... | --stac-search URL ...) [compose options...]",
+        help="cut the area into tiles, give each its items, count the global stretch, create the database",
+        description="Plan a campaign into DIR. Options this command does not know are compose options, the same "
+                    "for every tile (e.g. --cloud-mask --composite median --cog). The stretch defaults to "
+                    "percentile:2,98, counted once over the whole area.")
+    plan.add_argument("directory", metavar="DIR", help="the campaign directory (created)")
+    plan.add_argument("--aoi", required=True, metavar="FILE.geojson", help="the area (degrees)")
+    plan.add_argument("--grid", default="mgrs", metavar="mgrs|SIZE_KM",
+                      help="mgrs (default): one output per Sentinel-2 MGRS tile, on its own UTM grid; SIZE_KM: "
+                           "square tiles of that size in the first item's CRS, on its pixel lattice")
+    plan.add_argument("--db", metavar="URL", help="a PostgreSQL URL (postgresql://user@host/db) for the status "
+                                                  "database (default: SQLite in DIR)")
+    plan.add_argument("--overwrite", action="store_true", help="replace an existing campaign in DIR")
+    plan.add_argument("--dry-run", action="store_true",
+                      help="only count the MGRS tiles over the area and project the core-hours (reads nothing else)")
+    plan.add_argument("--dates-per-tile", type=_positive_int, default=18,
+                      help="--dry-run: dates per tile of the projection (default 18: a summer at a 5-day revisit)")
+    plan.add_argument("--ranks-per-tile", type=_positive_int, default=17, help="--dry-run: ranks per tile job")
+    catalogue = plan.add_argument_group("catalogue")
+    catalogue.add_argument("--stac", nargs="+", action="extend", default=[], metavar="FILE_OR_URL",
+                           help="STAC items, item collections or catalogs (as compose --stac)")
+    catalogue.add_argument("--stac-search", metavar="URL", help="search this STAC API within --aoi")
+    catalogue.add_argument("--collection", metavar="C", help="the collection to search")
+    catalogue.add_argument("--assets", metavar="red=KEY,green=KEY,blue=KEY[,scl=KEY]", help="as compose --assets")
+    catalogue.add_argument("--dates", type=_date_range, metavar="FROM/TO", help="items acquired from FROM to TO")
+    catalogue.add_argument("--max-cloud-cover", type=_percent, metavar="P", help="items' cloud cover at most P %%")
+
+    def launch_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--max-running", type=_positive_int, metavar="N",
+                            help="at most N tiles at a time (the array's %%N throttle)")
+        parser.add_argument("--ranks-per-tile", type=_positive_int, default=3, metavar="R",
+                            help="MPI ranks (Slurm tasks) per tile (default 3)")
+        parser.add_argument("--sbatch-options", default="", metavar="'OPTIONS'",
+                            help="more sbatch options, one quoted string (e.g. '-p compute -t 1:00:00')")
+        parser.add_argument("--local", action="store_true",
+                            help="no Slurm: run the tiles one after another here under mpirun -n R")
+
+    submit = actions.add_parser("submit", parents=[verbosity], help="submit the planned tiles as a Slurm job array")
+    submit.add_argument("directory", metavar="DIR")
+    launch_options(submit)
+    status = actions.add_parser("status", parents=[verbosity],
+                                help="counts per state, throughput, ETA, failures and the slowest tiles")
+    status.add_argument("directory", metavar="DIR")
+    status.add_argument("--json", action="store_true", help="print the same as JSON")
+    retry = actions.add_parser("retry", parents=[verbosity], help="plan failed (or named) tiles again and submit")
+    retry.add_argument("directory", metavar="DIR")
+    retry.add_argument("--failed", action="store_true", help="the failed and cancelled tiles")
+    retry.add_argument("--tiles", nargs="+", default=[], metavar="TILE", help="these tiles")
+    retry.add_argument("--max-attempts", type=_positive_int, metavar="K",
+                       help="leave tiles that made K attempts already")
+    launch_options(retry)
+    assemble = actions.add_parser("assemble", parents=[verbosity],
+                                  help="one VRT (or GeoTIFF/COG) of the done tiles, and a STAC Collection of them")
+    assemble.add_argument("directory", metavar="DIR")
+    assemble.add_argument("-o", "--output", metavar="mosaic.vrt|mosaic.tif",
+                          help="the mosaic: a VRT, or a GeoTIFF (COG with --cog) written from it")
+    assemble.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
+    assemble.add_argument("--crs", metavar="CRS", help="the mosaic's CRS (default: the first done tile's)")
+    assemble.add_argument("--overwrite", action="store_true", help="replace an existing mosaic")
+    sub.choices["campaign"].commands = dict(actions.choices)
 
 
 def compose_config(args: argparse.Namespace):
@@ -495,7 +601,7 @@ def compose_config(args: argparse.Namespace):
         quicklook_size=args.quicklook_size,
         creation_options=dict(args.co), overwrite=args.overwrite, resume=args.resume is True,
         resume_auto=args.resume == "auto", report=args.report,
-        progress=not args.quiet, progress_file=args.progress_file, aoi=args.aoi,
+        progress=not args.quiet, progress_file=args.progress_file, aoi=args.aoi, extent=args.extent,
     )
 
 
@@ -534,6 +640,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "search":  # serial: a login node's step before the job
             try:
                 return _search(args)
+            except MpiS2Error as exc:
+                report_error(str(exc))
+                return exc.exit_code
+        if args.command == "campaign":  # serial: a login node's commands
+            try:
+                return _campaign(args)
             except MpiS2Error as exc:
                 report_error(str(exc))
                 return exc.exit_code
@@ -592,6 +704,86 @@ def _synth(args: argparse.Namespace) -> int:
         written = list(paths.values())
     logging.getLogger("mpi_s2").info("wrote %s", ", ".join(written))
     return 0
+
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    import json
+
+    from mpi_s2.campaign import assemble, commands, planner
+    from mpi_s2.campaign.grid import parse_grid
+
+    if args.action == "plan":
+        grid = parse_grid(args.grid)
+        if args.dry_run:
+            projection = planner.dry_run(args.aoi, grid, args.dates_per_tile, args.ranks_per_tile)
+            print(f"{args.aoi}: {projection['tiles']} MGRS tiles; at {projection['dates_per_tile']} dates per tile "
+                  f"and {projection['ranks_per_tile']} ranks per tile job, about {projection['wall_s_per_tile']:g} s "
+                  f"per tile, {projection['core_hours']:g} core-hours in all (scaling model, mpi_s2.campaign.planner)")
+            return 0
+        request = _plan_request(args, grid)
+        planner.plan_campaign(request, launcher=shlex.split(os.environ.get("MPI_S2_LAUNCHER", "")))
+        return 0
+    if args.action in ("submit", "retry"):
+        options = {"max_running": args.max_running, "ranks_per_tile": args.ranks_per_tile,
+                   "sbatch_options": shlex.split(args.sbatch_options), "local": args.local,
+                   "launcher": _local_launcher(args.ranks_per_tile) if args.local else None}
+        if args.action == "submit":
+            commands.submit(args.directory, **options)
+        else:
+            commands.retry(args.directory, failed=args.failed, tiles=args.tiles, max_attempts=args.max_attempts,
+                           **options)
+        return 0
+    if args.action == "status":
+        report = commands.status(args.directory)
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            commands.print_status(report)
+        return 0
+    result = assemble.assemble(args.directory, args.output, cog=args.cog, crs=args.crs, overwrite=args.overwrite)
+    logging.getLogger("mpi_s2").info("campaign assemble: %d tiles%s; STAC collection %s", result["tiles"],
+                                     f" in {result['output']}" if result.get("output") else "", result["collection"])
+    return 0
+
+
+def _local_launcher(ranks: int) -> list[str]:
+    launcher = ["mpirun", "-n", str(ranks), "--oversubscribe"]
+    return launcher + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+
+
+def _plan_request(args: argparse.Namespace, grid):
+    """The plan's request; its compose options checked by compose's own parser first."""
+    from mpi_s2.campaign.planner import PlanRequest
+    from mpi_s2.config import Catalogue
+    from mpi_s2.inputs.stac import parse_assets
+
+    options = list(args.compose_options)
+    for option in options:
+        name = option.partition("=")[0]
+        if name in CAMPAIGN_SETS:
+            raise UsageError(f"campaign plan: {name} is set by the campaign for each tile; leave it out")
+        if not option.startswith("-") and options.index(option) == 0:
+            raise UsageError(f"campaign plan: unexpected argument {option!r} (the inputs come from --stac or "
+                             "--stac-search)")
+    if not args.stac and not args.stac_search:
+        raise UsageError("campaign plan: give --stac FILE_OR_URL... or --stac-search URL --collection C")
+    if args.stac_search and not args.collection:
+        raise UsageError(f"--stac-search {args.stac_search}: give --collection (e.g. sentinel-2-l2a)")
+    assets = parse_assets(args.assets) if args.assets else {}
+    tile_options = options + (["--assets", args.assets] if args.assets else [])
+    parsed = build_parser().parse_args(["compose", *tile_options, "--stac", "items.json", "-o", "tile.tif"])
+    stretch = parsed.stretch if any(o.partition("=")[0] == "--stretch" for o in options) else "percentile:2,98"
+    if stretch != parsed.stretch:
+        tile_options += ["--stretch", stretch]
+    compose_config(parsed)  # every check compose makes, before anything is read
+    catalogue = Catalogue(sources=tuple(args.stac), search_url=args.stac_search, collection=args.collection,
+                          aoi=args.aoi, assets=tuple(assets.items()))
+    return PlanRequest(directory=args.directory, aoi=args.aoi, grid=grid, catalogue=catalogue,
+                       compose_args=tuple(tile_options), stretch=stretch, stretch_from=parsed.stretch_from,
+                       dates=args.dates, max_cloud_cover=args.max_cloud_cover, cloud_mask=parsed.cloud_mask,
+                       db=args.db, overwrite=args.overwrite, resolution=parsed.resolution, assets=assets)
+
 
 if __name__ == "__main__":
     sys.exit(main())

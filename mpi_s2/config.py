@@ -64,6 +64,8 @@ class ComposeConfig:
     # --aoi FILE.geojson: the output is cut to this area's envelope on the inputs' pixel grid, and its pixels
     # outside the area are nodata; windows wholly outside it are never read (see mpi_s2.planning.aoi)
     aoi: str | None = None
+    # --extent XMIN,YMIN,XMAX,YMAX: the output cut to this box of its CRS, snapped outward to whole pixels
+    extent: tuple[float, float, float, float] | None = None
     composite: str = "first"  # or "median", "medoid" over the observations of a pixel (mpi_s2.pixels.composite)
     order: str = "given"  # or "cloud-cover", "date", "date-desc" (mpi_s2.planning.observations)
     dates: tuple[str, str] | None = None  # --dates FROM/TO (ISO dates, inclusive)

@@ -39,3 +39,11 @@ def window_done(rank: int, count: int, phase: str = "windows") -> None:
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
     raise MpiS2Error(f"test fault: rank {rank} fails after {count} windows (MPI_S2_TEST_FAULT)")
+
+
+def pause_at(point: str) -> None:
+    """``MPI_S2_TEST_PAUSE=POINT``: a test's way to catch a command at ``point`` (it says so on stderr and sleeps
+    until killed), e.g. ``campaign submit`` between sbatch and recording the job id."""
+    if os.environ.get("MPI_S2_TEST_PAUSE") == point:
+        print(f"mpi_s2: test pause at {point}", file=sys.stderr, flush=True)
+        time.sleep(3600)

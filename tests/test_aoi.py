@@ -333,3 +333,34 @@ def test_an_aoi_beside_the_inputs_is_an_input_error(scene, tmp_path):
 ])
 def test_envelope_is_snapped_outward_to_the_pixels(envelope, window):
     assert envelope_window(envelope, (0.0, 10.0, 0.0, 0.0, 0.0, -10.0), (50, 40)) == window
+
+
+# ------------------------------------------------------------------------------------------ --extent (mpirun)
+@pytest.mark.parametrize("case,extra", [
+    ("mosaic", ["--window", "256"]),
+    ("product", ["--cloud-mask", "--crs", "EPSG:32631", "--window", "256"]),  # reprojected: the warp is exact
+])
+def test_extent_cuts_the_output_to_whole_pixels_of_the_box(case, extra, misaligned, request, tmp_path):
+    """``--extent`` gives gdal_translate -projwin's cut of the uncut output: the box snapped outward to pixels."""
+    inputs = misaligned if case == "mosaic" else [request.getfixturevalue("product")]
+    full, cut_out = tmp_path / "full.tif", tmp_path / "cut.tif"
+    compose(inputs, full, *extra)
+    x0, dx, _, y0, _, dy = gdal.Open(str(full)).GetGeoTransform()
+    window = Window(301, 187, 517, 402)  # not on window or block boundaries
+    box = (x0 + window.col_off * dx + 0.3 * dx, y0 + (window.row_off + window.height) * dy - 0.2 * dy,
+           x0 + (window.col_off + window.width) * dx - 0.6 * dx, y0 + window.row_off * dy + 0.1 * dy)
+    compose(inputs, cut_out, *extra, "--extent", ",".join(f"{v:.6f}" for v in box))
+    reference = cut(full, window, tmp_path / "reference.tif")
+    got, want = gdal.Open(str(cut_out)), gdal.Open(str(reference))
+    assert got.GetGeoTransform() == want.GetGeoTransform()
+    assert np.array_equal(read_array(cut_out), read_array(reference))
+    assert (read_array(reference)[3] == 255).mean() > 0.5
+
+
+def test_an_extent_beside_the_inputs_is_one_error_line(scene, tmp_path):
+    result = run_mpi_s2(["compose", *band_set_args([scene]), "-o", str(tmp_path / "rgb.tif"), "--extent", "0,0,10,10"],
+                        ranks=3)
+    assert result.returncode == 2, result.stderr
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1 and "--extent 0,0,10,10: does not intersect the inputs (their mosaic spans" in lines[0]
+    assert not (tmp_path / "rgb.tif").exists()

@@ -26,7 +26,8 @@ PURE = ["mpi_s2.windows", "mpi_s2.errors", "mpi_s2.config", "mpi_s2.report", "mp
         "mpi_s2.planning.plan", "mpi_s2.planning.scheduling", "mpi_s2.planning.stage_plan", "mpi_s2.planning.mistakes",
         "mpi_s2.worker.items",
         "mpi_s2.parallel.progress", "mpi_s2.scaling.model", "mpi_s2.campaign.grid", "mpi_s2.campaign.store",
-        "mpi_s2.campaign.reconcile", "mpi_s2.campaign.slurm", "mpi_s2.cli"]
+        "mpi_s2.campaign.reconcile", "mpi_s2.campaign.slurm", "mpi_s2.campaign.planner", "mpi_s2.campaign.commands",
+        "mpi_s2.campaign.assemble", "mpi_s2.campaign.task", "mpi_s2.cli"]
 
 
 def module_name(path: Path) -> str:

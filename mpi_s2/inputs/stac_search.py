@@ -42,7 +42,7 @@ def search_items(catalogue: Catalogue, dates: tuple[str, str] | None,
             method="GET", collections=[catalogue.collection], bbox=list(catalogue.bbox) if catalogue.bbox else None,
             intersects=read_aoi(catalogue.aoi) if catalogue.aoi else None,
             datetime=f"{dates[0]}/{dates[1]}" if dates else None, query=query)
-        items = [item for item in search.items() if _wanted(item, dates, max_cloud_cover)]
+        items = [item for item in search.items() if wanted(item, dates, max_cloud_cover)]
     except InputError:
         raise
     except Exception as exc:  # requests', pystac-client's APIError, a page that is not JSON...
@@ -62,7 +62,7 @@ def search_items(catalogue: Catalogue, dates: tuple[str, str] | None,
     return [CatalogueItem(item, item.get_self_href() or url, url) for item in items]
 
 
-def _wanted(item: Any, dates: tuple[str, str] | None, max_cloud_cover: float | None) -> bool:
+def wanted(item: Any, dates: tuple[str, str] | None, max_cloud_cover: float | None) -> bool:
     """Whether ``item`` is within ``dates`` and ``max_cloud_cover`` as far as its properties say (an API may ignore
     the query extension, or a static one every parameter)."""
     cloud = item.properties.get("eo:cloud_cover")

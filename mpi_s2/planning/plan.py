@@ -40,7 +40,7 @@ from mpi_s2.output.run_lock import wait_until_free
 from mpi_s2.pixels.composite import STACK_BYTES_PER_SAMPLE, check_stretches, window_budget_side
 from mpi_s2.pixels.radiometry import LUT_SIZE, Stretch, build_lut
 from mpi_s2.pixels.stretch import StretchLimits, check_offsets, dn_luts, parse_stretch, read_limits
-from mpi_s2.planning.aoi import OUTSIDE, AoiMask, AreaOfInterest, place_aoi
+from mpi_s2.planning.aoi import OUTSIDE, AoiMask, AreaOfInterest, envelope_window, place_aoi
 from mpi_s2.planning.mosaic import TileInput, TileSource, clip_mosaic, footprint, layout_mosaic
 from mpi_s2.planning.observations import order_inputs, select_inputs, with_cloud_cover
 from mpi_s2.planning.scheduling import WorkPlan
@@ -222,6 +222,8 @@ def make_plan(config: ComposeConfig, single_node: bool = False) -> Plan:
     check_paths(config, request)
     tiles = resolve_inputs(config)
     grid, placed, block_size = layout_mosaic(tiles, config.crs, config.resampling)
+    if config.extent:
+        grid, placed, tiles = _clip_to_extent(config.extent, grid, placed, tiles)
     aoi = None
     if config.aoi:
         grid, placed, tiles, aoi = _clip_to_aoi(config.aoi, grid, placed, tiles)
@@ -275,6 +277,24 @@ def _clip_to_aoi(path: str, grid: Grid, placed: list[TileSource], tiles: list[Ti
              clipped.height, grid.width, grid.height,
              f"; {plural(left, 'input')} outside it not read" if left else "")
     return clipped, sources, [tiles[i] for i in kept], aoi
+
+
+def _clip_to_extent(extent: tuple[float, float, float, float], grid: Grid, placed: list[TileSource],
+                    tiles: list[TileInput]) -> tuple[Grid, list[TileSource], list[TileInput]]:
+    """``--extent``: the mosaic cut to a box of its CRS (snapped outward to whole pixels), without the inputs that
+    lie outside it: a campaign's tiles are cells of one grid, cut exactly on its pixel edges."""
+    xmin, ymin, xmax, ymax = extent
+    window = envelope_window((xmin, xmax, ymin, ymax), grid.geotransform, grid.size)
+    if window is None:
+        raise InputError(f"--extent {','.join(f'{v:g}' for v in extent)}: does not intersect the inputs"
+                         f" (their mosaic spans {_bounds_text(grid)})")
+    clipped, kept, sources = clip_mosaic(grid, placed, window)
+    return clipped, sources, [tiles[i] for i in kept]
+
+
+def _bounds_text(grid: Grid) -> str:
+    x0, dx, _, y0, _, dy = grid.geotransform
+    return f"{x0:g},{y0 + dy * grid.height:g},{x0 + dx * grid.width:g},{y0:g}"
 
 
 def _units_needed(units: list[StageUnit], staged: list[StagedFile], sources: list[TileSource],

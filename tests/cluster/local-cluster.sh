@@ -8,8 +8,11 @@
 #     it) and a hosts file from the state directory bind-mounted over /etc/hosts (mpirun resolves node names).
 #   - one munged in the root namespace, on a private socket and key in the state directory.
 # Usage:
-#   tests/cluster/local-cluster.sh up [--nodes N] [--cpus C]   # N nodes (default 1), C CPUs declared per node
-#                                                     # (default max(nproc, 4)); waits until all are idle
+#   tests/cluster/local-cluster.sh up [--nodes N] [--cpus C] [--slurmd-timeout S]
+#                                                     # N nodes (default 1), C CPUs declared per node
+#                                                     # (default max(nproc, 4)); waits until all are idle;
+#                                                     # S: a node silent for S s is DOWN and its jobs end
+#                                                     # NODE_FAIL (default Slurm's 300; tests of node loss)
 #   tests/cluster/local-cluster.sh run COMMAND...              # a client (sbatch --wait ..., srun ..., squeue, sinfo)
 #                                                     # in the controller's namespaces, from the current
 #                                                     # directory; exit status = the command's
@@ -258,7 +261,7 @@ write_hosts() {
 }
 
 write_conf() {
-  local n=$1 cpus=$2 mem_mb=$3 k
+  local n=$1 cpus=$2 mem_mb=$3 slurmd_timeout=$4 k
   cat >"$CONF" <<EOF
 # Written by tests/cluster/local-cluster.sh: a local test cluster of $n emulated node(s). Removed by 'down'.
 # State directory $DIR$([ "$BASE" = "$DIR" ] || echo ", reached through $BASE (short unix socket paths)").
@@ -292,6 +295,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$BASE/jobcomp.txt
 EOF
+  [ -z "$slurmd_timeout" ] || echo "SlurmdTimeout=$slurmd_timeout" >>"$CONF"
   for ((k = 1; k <= n; k++)); do
     echo "NodeName=node$k NodeAddr=$SUBNET.$((10 + k)) CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN"
   done >>"$CONF"
@@ -426,7 +430,7 @@ node_list() {
 }
 
 cmd_up() {
-  local n=1 cpus
+  local n=1 cpus slurmd_timeout=
   cpus=$(nproc)
   [ "$cpus" -ge 4 ] || cpus=4
   while [ $# -gt 0 ]; do
@@ -435,12 +439,16 @@ cmd_up() {
       --nodes=*) n=${1#*=}; shift ;;
       --cpus) [ $# -ge 2 ] || die 2 "--cpus needs a value"; cpus=$2; shift 2 ;;
       --cpus=*) cpus=${1#*=}; shift ;;
+      --slurmd-timeout) [ $# -ge 2 ] || die 2 "--slurmd-timeout needs a value"; slurmd_timeout=$2; shift 2 ;;
+      --slurmd-timeout=*) slurmd_timeout=${1#*=}; shift ;;
       -h | --help) usage; exit 0 ;;
-      *) die 2 "up: unknown option '$1' (up [--nodes N] [--cpus C])" ;;
+      *) die 2 "up: unknown option '$1' (up [--nodes N] [--cpus C] [--slurmd-timeout S])" ;;
     esac
   done
   [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le $MAX_NODES ] || die 2 "--nodes must be 1..$MAX_NODES (got '$n')"
   [[ $cpus =~ ^[0-9]+$ ]] && [ "$cpus" -ge 1 ] || die 2 "--cpus must be a positive integer (got '$cpus')"
+  [ -z "$slurmd_timeout" ] || { [[ $slurmd_timeout =~ ^[0-9]+$ ]] && [ "$slurmd_timeout" -ge 1 ]; } ||
+    die 2 "--slurmd-timeout must be a positive integer (got '$slurmd_timeout')"
 
   if pid_from_file "$CTL_PID_FILE" slurmctld >/dev/null; then
     die 1 "a cluster is already up in $DIR (tests/cluster/local-cluster.sh down first)"
@@ -466,7 +474,7 @@ cmd_up() {
   local mem_mb
   mem_mb=$(awk -v n="$n" '/^MemTotal:/ {m = int($2 / 1024 / n); print (m > 0 ? m : 1)}' /proc/meminfo)
   write_hosts "$n"
-  write_conf "$n" "$cpus" "$mem_mb"
+  write_conf "$n" "$cpus" "$mem_mb" "$slurmd_timeout"
   : >"$DIR/jobcomp.txt"
   ensure_libpmix_link
   ensure_etc_hosts

@@ -1,0 +1,164 @@
+"""``mpi-s2 campaign assemble``: one result over every done tile, and a STAC Collection of the outputs.
+
+- ``-o mosaic.vrt``: a VRT of the done tiles' GeoTIFFs (no pixel copied). Tiles in another UTM zone than the
+  mosaic's (the first done tile's, or ``--crs``) enter it as warped VRTs onto its grid (nearest neighbour, exact
+  transformer, on the same 10 m lattice).
+- ``-o mosaic.tif [--cog]``: that VRT written as one tiled GeoTIFF (or COG) by GDAL.
+- Always ``DIR/stac/collection.json``, with one Item per done tile (``DIR/stac/T/T.json``): the tile's footprint,
+  its GeoTIFF as the ``visual`` asset with its size and SHA-256 (``file:`` extension), its grid (``proj:``
+  extension), and the campaign's stretch limits: the product is itself catalogued.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from typing import Any
+
+from osgeo import gdal, osr
+
+from mpi_s2.campaign.commands import open_campaign, refresh
+from mpi_s2.campaign.layout import read_json, write_json
+from mpi_s2.campaign.slurm import Slurm
+from mpi_s2.errors import InputError
+from mpi_s2.text import plural
+
+log = logging.getLogger("mpi_s2")
+gdal.UseExceptions()
+
+FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
+GTIFF_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
+COG_OPTIONS = ["COMPRESS=DEFLATE", "BLOCKSIZE=512", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
+
+
+def assemble(root: str, output: str | None, cog: bool = False, crs: str | None = None, overwrite: bool = False,
+             slurm: Slurm | None = None) -> dict[str, Any]:
+    campaign = open_campaign(root, slurm)
+    try:
+        if campaign.store.tiles(states=["submitted", "running"]) and not campaign.slurm.missing():
+            refresh(campaign)
+        done = campaign.store.tiles(states=["done"])
+        rows = campaign.store.tiles()
+    finally:
+        campaign.close()
+    if not done:
+        raise InputError(f"campaign assemble {root}: no tile is done yet (see mpi-s2 campaign status {root})")
+    missing = [r.tile for r in rows if r.state not in ("done", "empty")]
+    if missing:
+        log.warning("campaign assemble: %s not done yet, left out: %s", plural(len(missing), "tile"),
+                    ", ".join(missing))
+    settings, directory = campaign.settings, campaign.directory
+    collection = _catalogue(directory, settings, done)
+    result: dict[str, Any] = {"tiles": len(done), "left_out": missing, "collection": collection}
+    if output:
+        if os.path.exists(output) and not overwrite:
+            raise InputError(f"-o {output}: exists (give --overwrite to replace it)")
+        result["output"] = _mosaic([r.output or directory.output(r.tile) for r in done], output, cog, crs)
+    return result
+
+
+def _mosaic(paths: list[str], output: str, cog: bool, crs: str | None) -> str:
+    """A VRT of ``paths`` (other CRSs warped onto the first's), written as GeoTIFF/COG unless ``output`` is .vrt."""
+    target = osr.SpatialReference()
+    if crs:
+        target.SetFromUserInput(crs)
+    else:
+        target.ImportFromWkt(gdal.Open(paths[0]).GetProjection())
+    target_wkt = target.ExportToWkt()
+    folder = os.path.dirname(os.path.abspath(output))
+    vrt = output if output.lower().endswith(".vrt") else os.path.join(folder, f".{os.path.basename(output)}.vrt")
+    sources = []
+    for path in paths:
+        ds = gdal.Open(path)
+        srs = osr.SpatialReference(wkt=ds.GetProjection())
+        if srs.IsSame(target):
+            sources.append(path)
+            continue
+        res = ds.GetGeoTransform()[1]
+        warped = os.path.join(folder, f".{os.path.basename(output)}.{os.path.basename(path)}.vrt")
+        gdal.Warp(warped, ds, options=gdal.WarpOptions(format="VRT", dstSRS=target_wkt, xRes=res, yRes=res,
+                                                       targetAlignedPixels=True, resampleAlg="near",
+                                                       errorThreshold=0))
+        sources.append(warped)
+    tmp = vrt + ".tmp" if vrt == output else vrt
+    gdal.BuildVRT(tmp, sources)
+    if vrt == output:
+        os.replace(tmp, output)
+        return output
+    try:
+        partial = os.path.join(folder, f".{os.path.basename(output)}.partial")
+        options = gdal.TranslateOptions(format="COG" if cog else "GTiff",
+                                        creationOptions=COG_OPTIONS if cog else GTIFF_OPTIONS)
+        gdal.Translate(partial, vrt, options=options)
+        os.replace(partial, output)
+    finally:
+        for leftover in [vrt, *[s for s in sources if s.endswith(".vrt") and os.path.basename(s).startswith(".")]]:
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        if os.path.exists(os.path.join(folder, f".{os.path.basename(output)}.partial")):
+            os.unlink(os.path.join(folder, f".{os.path.basename(output)}.partial"))
+    return output
+
+
+def _catalogue(directory, settings: dict[str, Any], done) -> str:
+    """``DIR/stac/collection.json`` and one item per done tile (absolute hrefs to the outputs)."""
+    stretch = read_json(settings["stretch"]) if settings.get("stretch") and os.path.isfile(settings["stretch"]) \
+        else None
+    dates = settings.get("dates")
+    created = settings["created"]
+    items = []
+    for row in done:
+        tile = settings["tiles"][row.tile]
+        polygon = tile["lonlat"]
+        lons = [p[0] for p in polygon["coordinates"][0]]
+        lats = [p[1] for p in polygon["coordinates"][0]]
+        bbox = [min(lons), min(lats), max(lons), max(lats)]
+        ds = gdal.Open(row.output or directory.output(row.tile))
+        gt = ds.GetGeoTransform()
+        item = {
+            "type": "Feature", "stac_version": "1.0.0", "stac_extensions": [FILE_EXTENSION, PROJECTION_EXTENSION],
+            "id": row.tile, "collection": f"mpi_s2-{settings['id']}", "geometry": polygon, "bbox": bbox,
+            "properties": {
+                "datetime": None, "start_datetime": f"{dates[0]}T00:00:00Z" if dates else created,
+                "end_datetime": f"{dates[1]}T23:59:59Z" if dates else created,
+                "created": row.ended, "proj:epsg": tile["epsg"], "proj:shape": [ds.RasterYSize, ds.RasterXSize],
+                "proj:transform": [gt[1], gt[2], gt[0], gt[4], gt[5], gt[3]],
+                "mpi_s2:items": tile["items"], "mpi_s2:stretch": stretch,
+                "mpi_s2:compose_args": settings["compose_args"],
+            },
+            "links": [{"rel": "collection", "href": "../collection.json", "type": "application/json"},
+                      {"rel": "parent", "href": "../collection.json", "type": "application/json"}],
+            "assets": {"visual": {
+                "href": os.path.abspath(row.output or directory.output(row.tile)),
+                "type": "image/tiff; application=geotiff", "roles": ["visual", "data"],
+                "file:size": row.size, "file:checksum": _multihash(row.checksum)}},
+        }
+        items.append(item)
+        write_json(os.path.join(directory.stac, row.tile, f"{row.tile}.json"), item)
+    boxes = [i["bbox"] for i in items]
+    collection = {
+        "type": "Collection", "stac_version": "1.0.0", "id": f"mpi_s2-{settings['id']}",
+        "description": f"True-colour composites of campaign {directory.root} (mpi_s2), one item per output tile",
+        "license": "proprietary", "stac_extensions": [],
+        "extent": {"spatial": {"bbox": [[min(b[0] for b in boxes), min(b[1] for b in boxes),
+                                         max(b[2] for b in boxes), max(b[3] for b in boxes)]]},
+                   "temporal": {"interval": [[f"{dates[0]}T00:00:00Z", f"{dates[1]}T23:59:59Z"] if dates
+                                             else [created, None]]}},
+        "links": [{"rel": "root", "href": "./collection.json", "type": "application/json"}]
+                 + [{"rel": "item", "href": f"./{i['id']}/{i['id']}.json", "type": "application/geo+json"}
+                    for i in items],
+        "summaries": {"mpi_s2:stretch": [stretch] if stretch else []},
+        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = os.path.join(directory.stac, "collection.json")
+    write_json(path, collection)
+    return path
+
+
+def _multihash(checksum: str | None) -> str | None:
+    """``sha256:HEX`` as the ``file:checksum`` multihash (0x12 = SHA-256, 0x20 = 32 bytes)."""
+    if not checksum or not checksum.startswith("sha256:"):
+        return None
+    return "1220" + checksum.removeprefix("sha256:")
