@@ -38,6 +38,7 @@ from mpi_s2.parallel.gdal_env import (
     config_options,
     decoder_threads,
     rank_options,
+    reduce_cache_for_remote,
     worker_cache_mb,
 )
 from mpi_s2.parallel.hdf5_backend import compose_via_hdf5
@@ -147,6 +148,8 @@ def _compose(config: ComposeConfig, comm: MPI.Comm, run: RunReport,
     cache_mb = worker_cache_mb(config.composite) if roles.is_worker else DEFAULT_CACHE_MB
     with config_options(rank_options(threads, cache_mb)), block_cache(cache_mb):
         plan = broadcast_plan(comm, roles, config, single_node=nodes == 1)
+        if roles.is_worker:
+            reduce_cache_for_remote(f for source in plan.sources for f in source.files)
         if plan.complete:
             return _already_complete(plan, run, comm.size) if roles.is_planner else None
         if roles.is_planner:
