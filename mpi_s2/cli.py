@@ -409,11 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser(
         "convert", parents=[verbosity, output],
-        help="convert an HDF5 file of compose --backend hdf5 to a GeoTIFF or COG",
-        description="Convert a complete HDF5 file written by 'compose --backend hdf5 --keep-h5' to a GeoTIFF "
-                    "(or COG), in parallel under mpirun: workers read and encode tiles, rank 0 writes.",
+        help="convert an HDF5 file of compose --backend hdf5 (or an RGB(A) raster) to a GeoTIFF or COG",
+        description="Convert a complete HDF5 file written by 'compose --backend hdf5 --keep-h5', or an 8-bit "
+                    "RGB(A) raster GDAL reads (e.g. a campaign's VRT), to a GeoTIFF (or COG), in parallel under "
+                    "mpirun: workers read and encode tiles, rank 0 writes.",
     )
-    convert.add_argument("h5", metavar="RUN.h5", help="the HDF5 file")
+    convert.add_argument("h5", metavar="RUN.h5|MOSAIC.vrt", help="the HDF5 file, or the raster")
 
     search = sub.add_parser(
         "search", parents=[verbosity],
@@ -554,6 +555,9 @@ def _campaign_parsers(sub, verbosity: argparse.ArgumentParser) -> None:
     assemble.add_argument("--cog", action="store_true", help="write a Cloud-Optimized GeoTIFF")
     assemble.add_argument("--crs", metavar="CRS", help="the mosaic's CRS (default: the first done tile's)")
     assemble.add_argument("--overwrite", action="store_true", help="replace an existing mosaic")
+    assemble.add_argument("--ranks", type=_positive_int, default=3, metavar="R",
+                          help="a GeoTIFF or COG mosaic is written under mpirun -n R (default 3; MPI_S2_LAUNCHER, "
+                               "e.g. 'srun', replaces mpirun)")
     sub.choices["campaign"].commands = dict(actions.choices)
 
 
@@ -741,7 +745,9 @@ def _campaign(args: argparse.Namespace) -> int:
         else:
             commands.print_status(report)
         return 0
-    result = assemble.assemble(args.directory, args.output, cog=args.cog, crs=args.crs, overwrite=args.overwrite)
+    launcher = shlex.split(os.environ.get("MPI_S2_LAUNCHER", "")) or _local_launcher(args.ranks)
+    result = assemble.assemble(args.directory, args.output, cog=args.cog, crs=args.crs, overwrite=args.overwrite,
+                               launcher=launcher)
     logging.getLogger("mpi_s2").info("campaign assemble: %d tiles%s; STAC collection %s", result["tiles"],
                                      f" in {result['output']}" if result.get("output") else "", result["collection"])
     return 0

@@ -305,6 +305,14 @@ def test_without_slurm_submit_says_so_in_one_line_and_local_runs_the_tiles(scene
     report = status(directory, {})
     assert report["counts"]["done"] == len(TILES), report
     assemble_and_compare(directory, scene, {}, tmp_path)
+    # a COG of the mosaic, written by mpi-s2 convert under mpirun: the VRT's pixels and grid, nothing left beside
+    cog = tmp_path / "mosaic.tif"
+    done = campaign("assemble", str(directory), "-o", str(cog), "--cog", "--ranks", "3")
+    assert done.returncode == 0, done.stderr
+    vrt, written = gdal.Open(str(tmp_path / "mosaic.vrt")), gdal.Open(str(cog))
+    assert written.GetGeoTransform() == vrt.GetGeoTransform()
+    assert np.array_equal(written.ReadAsArray(), vrt.ReadAsArray())
+    assert not list(tmp_path.glob(".mosaic.tif*"))
 
 
 def bad_aoi(tmp_path: Path, text: str) -> Path:

@@ -2,8 +2,9 @@
 
 - ``-o mosaic.vrt``: a VRT of the done tiles' GeoTIFFs (no pixel copied). Tiles in another UTM zone than the
   mosaic's (the first done tile's, or ``--crs``) enter it as warped VRTs onto its grid (nearest neighbour, exact
-  transformer, on the same 10 m lattice).
-- ``-o mosaic.tif [--cog]``: that VRT written as one tiled GeoTIFF (or COG) by GDAL.
+  transformer, on the same 10 m lattice), under the tiles of its own zone where they overlap.
+- ``-o mosaic.tif [--cog]``: that VRT written as one tiled GeoTIFF (or COG) by ``mpi-s2 convert``, the MPI output
+  stage (workers read windows of the VRT and encode them, rank 0 writes), under a launcher.
 - Always ``DIR/stac/collection.json``, with one Item per done tile (``DIR/stac/T/T.json``): the tile's footprint,
   its GeoTIFF as the ``visual`` asset with its size and SHA-256 (``file:`` extension), its grid (``proj:``
   extension), and the campaign's stretch limits: the product is itself catalogued.
@@ -14,6 +15,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import shlex
+import subprocess
+import sys
 from typing import Any
 
 from osgeo import gdal, osr
@@ -21,7 +25,7 @@ from osgeo import gdal, osr
 from mpi_s2.campaign.commands import open_campaign, refresh
 from mpi_s2.campaign.layout import read_json, write_json
 from mpi_s2.campaign.slurm import Slurm
-from mpi_s2.errors import InputError
+from mpi_s2.errors import InputError, OutputError
 from mpi_s2.text import plural
 
 log = logging.getLogger("mpi_s2")
@@ -29,12 +33,12 @@ gdal.UseExceptions()
 
 FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v1.1.0/schema.json"
-GTIFF_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
-COG_OPTIONS = ["COMPRESS=DEFLATE", "BLOCKSIZE=512", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
 
 
 def assemble(root: str, output: str | None, cog: bool = False, crs: str | None = None, overwrite: bool = False,
-             slurm: Slurm | None = None) -> dict[str, Any]:
+             launcher: list[str] | None = None, slurm: Slurm | None = None) -> dict[str, Any]:
+    """The mosaic (when ``output``) and the STAC Collection of the done tiles; ``launcher`` runs the conversion of a
+    GeoTIFF or COG mosaic (e.g. ``mpirun -n 8``)."""
     campaign = open_campaign(root, slurm)
     try:
         if campaign.store.tiles(states=["submitted", "running"]) and not campaign.slurm.missing():
@@ -55,51 +59,57 @@ def assemble(root: str, output: str | None, cog: bool = False, crs: str | None =
     if output:
         if os.path.exists(output) and not overwrite:
             raise InputError(f"-o {output}: exists (give --overwrite to replace it)")
-        result["output"] = _mosaic([r.output or directory.output(r.tile) for r in done], output, cog, crs)
+        result["output"] = _mosaic([r.output or directory.output(r.tile) for r in done], output, cog, crs,
+                                   launcher or [])
     return result
 
 
-def _mosaic(paths: list[str], output: str, cog: bool, crs: str | None) -> str:
-    """A VRT of ``paths`` (other CRSs warped onto the first's), written as GeoTIFF/COG unless ``output`` is .vrt."""
+def _mosaic(paths: list[str], output: str, cog: bool, crs: str | None, launcher: list[str]) -> str:
+    """A VRT of ``paths`` (other CRSs warped onto the first's); unless ``output`` is that VRT, written as a GeoTIFF
+    or COG by ``mpi-s2 convert`` under ``launcher`` (the MPI output stage: workers encode, rank 0 writes)."""
     target = osr.SpatialReference()
     if crs:
         target.SetFromUserInput(crs)
     else:
         target.ImportFromWkt(gdal.Open(paths[0]).GetProjection())
-    target_wkt = target.ExportToWkt()
     folder = os.path.dirname(os.path.abspath(output))
-    vrt = output if output.lower().endswith(".vrt") else os.path.join(folder, f".{os.path.basename(output)}.vrt")
-    sources = []
-    for path in paths:
-        ds = gdal.Open(path)
-        srs = osr.SpatialReference(wkt=ds.GetProjection())
-        if srs.IsSame(target):
-            sources.append(path)
-            continue
-        res = ds.GetGeoTransform()[1]
-        warped = os.path.join(folder, f".{os.path.basename(output)}.{os.path.basename(path)}.vrt")
-        gdal.Warp(warped, ds, options=gdal.WarpOptions(format="VRT", dstSRS=target_wkt, xRes=res, yRes=res,
-                                                       targetAlignedPixels=True, resampleAlg="near",
-                                                       errorThreshold=0))
-        sources.append(warped)
-    tmp = vrt + ".tmp" if vrt == output else vrt
-    gdal.BuildVRT(tmp, sources)
-    if vrt == output:
-        os.replace(tmp, output)
-        return output
+    hidden = os.path.join(folder, f".{os.path.basename(output)}")
+    vrt = output if output.lower().endswith(".vrt") else f"{hidden}.vrt"
+    warped: list[str] = []
     try:
-        partial = os.path.join(folder, f".{os.path.basename(output)}.partial")
-        options = gdal.TranslateOptions(format="COG" if cog else "GTiff",
-                                        creationOptions=COG_OPTIONS if cog else GTIFF_OPTIONS)
-        gdal.Translate(partial, vrt, options=options)
-        os.replace(partial, output)
+        sources = []
+        for path in paths:
+            ds = gdal.Open(path)
+            if osr.SpatialReference(wkt=ds.GetProjection()).IsSame(target):
+                sources.append(path)
+                continue
+            res = ds.GetGeoTransform()[1]
+            warped.append(f"{hidden}.{os.path.basename(path)}.vrt")
+            gdal.Warp(warped[-1], ds, options=gdal.WarpOptions(
+                format="VRT", dstSRS=target.ExportToWkt(), xRes=res, yRes=res, targetAlignedPixels=True,
+                resampleAlg="near", errorThreshold=0))
+            sources.append(warped[-1])
+        # the tiles on the mosaic's own grid last: where tiles overlap (MGRS tiles do, across zones too), theirs
+        # are the pixels kept (the VRT composites by alpha: a transparent pixel never covers another)
+        native = [p for p in sources if p not in warped]
+        gdal.BuildVRT(f"{vrt}.tmp", [p for p in sources if p in warped] + native)
+        os.replace(f"{vrt}.tmp", vrt)
+        if vrt == output:
+            warped = []  # the VRT refers to them
+            return output
+        command = [*launcher, sys.executable, "-m", "mpi_s2", "convert", vrt, "-o", output, "--overwrite", "-q",
+                   *(["--cog"] if cog else [])]
+        log.info("campaign assemble: %s", shlex.join(command))
+        done = subprocess.run(command, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.startswith("mpi_s2: error")]
+            raise OutputError(f"campaign assemble -o {output}: " + (lines[-1].removeprefix("mpi_s2: error: ")
+                                                                    if lines else f"exit status {done.returncode}"))
+        return output
     finally:
-        for leftover in [vrt, *[s for s in sources if s.endswith(".vrt") and os.path.basename(s).startswith(".")]]:
+        for leftover in [*warped, *([vrt] if vrt != output else []), f"{vrt}.tmp"]:
             if os.path.exists(leftover):
                 os.unlink(leftover)
-        if os.path.exists(os.path.join(folder, f".{os.path.basename(output)}.partial")):
-            os.unlink(os.path.join(folder, f".{os.path.basename(output)}.partial"))
-    return output
 
 
 def _catalogue(directory, settings: dict[str, Any], done) -> str:

@@ -4,17 +4,23 @@ Conversion is the output stage (:mod:`mpi_s2.parallel.output_stage`) with anothe
 schedules the windows and places the encoded tiles; workers read their windows from the HDF5 file (independent
 reads) and encode whole tiles, COG overviews included. The result is the writer backend's file, pixel for pixel
 and in its georeferencing and metadata. A conversion is never resumed: a failure or a signal leaves nothing.
+
+``mpi-s2 convert`` also takes an 8-bit RGB or RGBA raster GDAL reads (a campaign's VRT of its tiles, see
+``campaign assemble``): workers read their windows with GDAL, the same output stage writes the GeoTIFF or COG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from mpi4py import MPI
+from osgeo import gdal
 
 from mpi_s2.errors import CollectiveFailure, MpiS2Error, OutputError
 from mpi_s2.inputs.bands import Grid, epsg_code
@@ -34,7 +40,7 @@ from mpi_s2.parallel.run_report import RunReport
 from mpi_s2.planning.scheduling import WorkPlan
 from mpi_s2.report import RankStats, build_report
 from mpi_s2.text import plural
-from mpi_s2.windows import Window, intersection, plan_windows
+from mpi_s2.windows import DEFAULT_WINDOW_TARGET, Window, intersection, plan_windows
 from mpi_s2.worker.items import ItemWorker
 
 log = logging.getLogger("mpi_s2")
@@ -46,7 +52,9 @@ def convert_store(comm: MPI.Comm, roles: Roles, out: OutputPlan, work: WorkPlan,
 
     Returns the quicklook's size on the writer rank when ``out`` asks for one."""
     assembler = open_output(comm, roles, out)
-    reader = WindowReader(path) if roles.is_worker else None
+    reader: WindowReader | RasterWindowReader | None = None
+    if roles.is_worker:
+        reader = WindowReader(path) if is_hdf5(path) else RasterWindowReader(path)
     try:
         worker = ItemWorker(reader, stats, DecodeCounter()) if reader is not None else None
         return write_output(comm, roles, out, work, worker, stats, progress, assembler,
@@ -54,6 +62,54 @@ def convert_store(comm: MPI.Comm, roles: Roles, out: OutputPlan, work: WorkPlan,
     finally:
         if reader is not None:
             reader.close()
+
+
+def plan_from_raster(path: str, output: str, *, cog: bool, overrides: dict[str, str],
+                     overwrite: bool, side_files: Mapping[str, str | None] | None = None) -> OutputPlan:
+    """``mpi-s2 convert MOSAIC.vrt``: the output plan of an 8-bit RGB(A) raster (rank 0), in windows of whole
+    512 x 512 tiles (the deflate profile, the user's ``--co`` over it)."""
+    for option, side in (side_files or {}).items():
+        if side:
+            check_side_file(side, option)
+    check_written_paths({"-o": output, **(side_files or {})}, inputs=(path,))
+    try:
+        ds = gdal.Open(path)
+    except RuntimeError as exc:
+        raise OutputError(f"{path}: cannot be read as a raster ({str(exc).strip()})") from None
+    bands = ds.RasterCount
+    if bands not in (3, 4) or any(ds.GetRasterBand(b + 1).DataType != gdal.GDT_Byte for b in range(bands)):
+        raise OutputError(f"{path}: not an 8-bit RGB or RGBA raster ({bands} bands of "
+                          f"{gdal.GetDataTypeName(ds.GetRasterBand(1).DataType)})")
+    check_output_path(output, overwrite=overwrite, inputs=(path,))
+    options = profile_options("deflate", overrides, alpha=bands == 4)
+    validate_creation_options(output, options, bands)
+    grid = Grid(ds.RasterXSize, ds.RasterYSize, tuple(ds.GetGeoTransform()), ds.GetProjection())
+    window_size = (DEFAULT_WINDOW_TARGET, DEFAULT_WINDOW_TARGET)
+    levels = encoded = 0
+    if cog:
+        window_size, levels, encoded = plan_cog(output, options, window_size, grid.size)
+    windows = tuple(plan_windows(grid.size, window_size))
+    spec = OutputSpec(output, grid, bands, options, {})
+    return OutputPlan(spec, window_size, windows, writer_encodes_because=workers_can_compress(
+        options, window_size, grid.size), cog=cog, overview_levels=levels, worker_overview_levels=encoded)
+
+
+class RasterWindowReader:
+    """Conversion of a raster: a rank reads windows of it with GDAL."""
+
+    def __init__(self, path: str):
+        self.dataset = gdal.Open(path)
+
+    def render(self, window: Window, block: np.ndarray, stats: RankStats | None = None) -> None:
+        with stats.timer("read") if stats is not None else contextlib.nullcontext():
+            self.dataset.ReadAsArray(window.col_off, window.row_off, window.width, window.height, buf_obj=block)
+
+    def close(self) -> None:
+        self.dataset = None
+
+
+def is_hdf5(path: str) -> bool:
+    return path.lower().endswith((".h5", ".hdf5"))
 
 
 def plan_from_store(path: str, output: str, *, cog: bool, overrides: dict[str, str],
@@ -111,8 +167,9 @@ def _convert(path: str, output: str, comm: MPI.Comm, run: RunReport, *, cog: boo
     outcome: OutputPlan | MpiS2Error | None = None
     if roles.is_planner:
         try:
-            outcome = plan_from_store(path, output, cog=cog, overrides=overrides or {}, overwrite=overwrite,
-                                      side_files={"--report": report, "--progress-file": progress_file})
+            planner = plan_from_store if is_hdf5(path) else plan_from_raster
+            outcome = planner(path, output, cog=cog, overrides=overrides or {}, overwrite=overwrite,
+                              side_files={"--report": report, "--progress-file": progress_file})
         except MpiS2Error as exc:
             outcome = exc
     shared = comm.bcast(outcome.without_windows() if isinstance(outcome, OutputPlan) else outcome,
