@@ -28,13 +28,15 @@ TAIL_LINES=${TAIL_LINES:-40}
 # 2000, Open MPI and mpi4py, parallel h5py, tifffile, tqdm, matplotlib, hypothesis, Slurm and munge, the real
 # data). Of the Slurm tests it runs the jobs that prove slurmd, munge, srun and mpirun inside a job (compose, a
 # failing compose, the scaling jobs, srun's exit codes), not the stop/requeue/time-limit ones (about 6 minutes,
-# the real time limit alone 4.5), which need nothing more installed. The host's `make test` (CI's first step) runs
-# the whole suite; FRESH_TESTS=tests runs it all here too.
+# the real time limit alone 4.5), which need nothing more installed; and the campaign's status database on SQLite
+# and on a PostgreSQL server it starts (Debian's postgresql and python3-psycopg). The host's `make test` (CI's
+# first step) runs the whole suite; FRESH_TESTS=tests runs it all here too.
 FRESH_TESTS=${FRESH_TESTS:-"tests/test_layout.py tests/test_windows.py tests/test_cli_and_config.py \
 tests/test_compose_processes.py tests/test_output_stage.py tests/test_products.py tests/test_metadata.py \
 tests/test_hdf5_backend.py tests/test_progress.py tests/test_scaling.py tests/test_slurm_jobs.py::test_compose_job \
 tests/test_slurm_jobs.py::test_failing_compose_job_ends_failed_with_the_error_in_its_log \
-tests/test_slurm_jobs.py::test_scaling_jobs tests/test_slurm_jobs.py::test_srun_exit_codes"}
+tests/test_slurm_jobs.py::test_scaling_jobs tests/test_slurm_jobs.py::test_srun_exit_codes \
+tests/test_campaign_store.py"}
 
 say() { printf 'test-fresh: %s\n' "$*"; }
 die() { printf 'test-fresh: error: %s\n' "$*" >&2; exit 1; }

@@ -127,7 +127,7 @@ def all_ended(report: dict) -> bool:
 def whole_area(directory: Path, scene, tmp_path: Path) -> np.ndarray:
     """The independent reference: one compose over the whole area, with the campaign's stretch file and CRS."""
     settings = json.loads((directory / "campaign.json").read_text())
-    crs = f"EPSG:{settings['tiles']['r000c000']['epsg']}"
+    crs = f"EPSG:{next(iter(settings['tiles'].values()))['epsg']}"
     output = tmp_path / "whole.tif"
     done = run_mpi_s2(["compose", "--stac", str(scene.items), "--aoi", str(scene.aoi), "--crs", crs, *COMPOSE,
                        "--stretch-from", str(directory / "stretch.json"), "-o", str(output), "-q"], ranks=3)
@@ -385,3 +385,36 @@ def test_dry_run_over_europe_counts_mgrs_tiles_and_projects_core_hours(tmp_path)
     # 109.8 km tiles overlap and spill over the zones' edges, so more tiles than that, but fewer than twice
     assert 1940 < tiles < 2 * 1940
     assert not (tmp_path / "europe").exists()
+
+
+def test_an_mgrs_campaign_over_two_zones_assembles_as_one_compose(scene, tmp_path):
+    """--grid mgrs: the Sentinel-2 tiles over the area (two in zone 31, two in zone 32: they overlap), each on its
+    own UTM grid; the mosaic in zone 31 takes zone 32's tiles only where no zone 31 tile lies, so it equals one
+    compose over the area in zone 31, and is transparent beyond it."""
+    directory = tmp_path / "campaign"
+    done = campaign("plan", str(directory), "--aoi", str(scene.aoi), "--grid", "mgrs", "--stac", str(scene.items),
+                    *COMPOSE)
+    assert done.returncode == 0, done.stderr
+    settings = json.loads((directory / "campaign.json").read_text())
+    # 6 E 46 N: zone 31 (0-6 E) and 32 (6-12 E), band T (40-48 N); the area lies where two rows of tiles overlap
+    assert {name: tile["epsg"] for name, tile in settings["tiles"].items()} == {
+        "31TGL": 32631, "31TGM": 32631, "32TKR": 32632, "32TKS": 32632}
+    done = campaign("submit", str(directory), "--local", "--ranks-per-tile", "2")
+    assert done.returncode == 0, done.stderr
+    for name, tile in settings["tiles"].items():
+        ds = gdal.Open(str(directory / "outputs" / f"{name}.tif"))
+        assert ds.GetSpatialRef().GetAuthorityCode(None) == str(tile["epsg"])
+        x0, _, _, y0, _, _ = ds.GetGeoTransform()
+        assert x0 % 10 == 0 and y0 % 10 == 0  # on the zone's 10 m lattice
+    mosaic = tmp_path / "mosaic.vrt"
+    assert campaign("assemble", str(directory), "-o", str(mosaic)).returncode == 0
+    geotransform, reference = whole_area(directory, scene, tmp_path)
+    ds = gdal.Open(str(mosaic))
+    x0, _, _, y0, _, _ = ds.GetGeoTransform()
+    col, row = round((geotransform[0] - x0) / 10), round((y0 - geotransform[3]) / 10)
+    pixels = ds.ReadAsArray()
+    inside = pixels[:, row:row + reference.shape[1], col:col + reference.shape[2]]
+    assert np.array_equal(inside, reference), f"{int((inside != reference).any(axis=0).sum())} pixels differ"
+    outside = np.ones(pixels.shape[1:], bool)
+    outside[row:row + reference.shape[1], col:col + reference.shape[2]] = False
+    assert not pixels[3][outside].any()

@@ -2,7 +2,8 @@
 
 - ``-o mosaic.vrt``: a VRT of the done tiles' GeoTIFFs (no pixel copied). Tiles in another UTM zone than the
   mosaic's (the first done tile's, or ``--crs``) enter it as warped VRTs onto its grid (nearest neighbour, exact
-  transformer, on the same 10 m lattice), under the tiles of its own zone where they overlap.
+  transformer, on the same 10 m lattice), only where no tile of its own zone lies: each pixel is computed in one
+  CRS, resampled once at most.
 - ``-o mosaic.tif [--cog]``: that VRT written as one tiled GeoTIFF (or COG) by ``mpi-s2 convert``, the MPI output
   stage (workers read windows of the VRT and encode them, rank 0 writes), under a launcher.
 - Always ``DIR/stac/collection.json``, with one Item per done tile (``DIR/stac/T/T.json``): the tile's footprint,
@@ -65,8 +66,12 @@ def assemble(root: str, output: str | None, cog: bool = False, crs: str | None =
 
 
 def _mosaic(paths: list[str], output: str, cog: bool, crs: str | None, launcher: list[str]) -> str:
-    """A VRT of ``paths`` (other CRSs warped onto the first's); unless ``output`` is that VRT, written as a GeoTIFF
-    or COG by ``mpi-s2 convert`` under ``launcher`` (the MPI output stage: workers encode, rank 0 writes)."""
+    """A VRT of ``paths``; unless ``output`` is that VRT, written as a GeoTIFF or COG by ``mpi-s2 convert`` under
+    ``launcher`` (the MPI output stage: workers encode, rank 0 writes).
+
+    Tiles in the mosaic's CRS (the first tile's, or ``crs``) enter as they are. A tile of another CRS is warped
+    onto the mosaic's lattice and enters only where no tile of the mosaic's CRS lies (MGRS tiles overlap, across
+    zones too): every pixel is then computed in one CRS only, with no second resampling."""
     target = osr.SpatialReference()
     if crs:
         target.SetFromUserInput(crs)
@@ -75,27 +80,33 @@ def _mosaic(paths: list[str], output: str, cog: bool, crs: str | None, launcher:
     folder = os.path.dirname(os.path.abspath(output))
     hidden = os.path.join(folder, f".{os.path.basename(output)}")
     vrt = output if output.lower().endswith(".vrt") else f"{hidden}.vrt"
-    warped: list[str] = []
+    made: list[str] = []
     try:
-        sources = []
+        native, foreign = [], []
         for path in paths:
             ds = gdal.Open(path)
             if osr.SpatialReference(wkt=ds.GetProjection()).IsSame(target):
-                sources.append(path)
+                native.append(path)
                 continue
             res = ds.GetGeoTransform()[1]
-            warped.append(f"{hidden}.{os.path.basename(path)}.vrt")
-            gdal.Warp(warped[-1], ds, options=gdal.WarpOptions(
+            made.append(f"{hidden}.{os.path.basename(path)}.vrt")
+            gdal.Warp(made[-1], ds, options=gdal.WarpOptions(
                 format="VRT", dstSRS=target.ExportToWkt(), xRes=res, yRes=res, targetAlignedPixels=True,
                 resampleAlg="near", errorThreshold=0))
-            sources.append(warped[-1])
-        # the tiles on the mosaic's own grid last: where tiles overlap (MGRS tiles do, across zones too), theirs
-        # are the pixels kept (the VRT composites by alpha: a transparent pixel never covers another)
-        native = [p for p in sources if p not in warped]
-        gdal.BuildVRT(f"{vrt}.tmp", [p for p in sources if p in warped] + native)
+            foreign.append(made[-1])
+        covered = [_cells(p) for p in native]
+        parts = []
+        for path in foreign:
+            whole = _cells(path)
+            for k, (c0, r0, c1, r1) in enumerate(_uncovered(whole, covered)):
+                made.append(f"{path[:-4]}.{k}.vrt")
+                gdal.Translate(made[-1], path, options=gdal.TranslateOptions(
+                    format="VRT", srcWin=[c0 - whole[0], r0 - whole[1], c1 - c0, r1 - r0]))
+                parts.append(made[-1])
+        gdal.BuildVRT(f"{vrt}.tmp", parts + native)
         os.replace(f"{vrt}.tmp", vrt)
         if vrt == output:
-            warped = []  # the VRT refers to them
+            made = []  # the VRT refers to them
             return output
         command = [*launcher, sys.executable, "-m", "mpi_s2", "convert", vrt, "-o", output, "--overwrite", "-q",
                    *(["--cog"] if cog else [])]
@@ -107,9 +118,36 @@ def _mosaic(paths: list[str], output: str, cog: bool, crs: str | None, launcher:
                                                                     if lines else f"exit status {done.returncode}"))
         return output
     finally:
-        for leftover in [*warped, *([vrt] if vrt != output else []), f"{vrt}.tmp"]:
+        for leftover in [*made, *([vrt] if vrt != output else []), f"{vrt}.tmp"]:
             if os.path.exists(leftover):
                 os.unlink(leftover)
+
+
+Cells = tuple[int, int, int, int]  # first column, first row, end column, end row on the CRS's pixel lattice
+
+
+def _cells(path: str) -> Cells:
+    """A north-up raster's extent in whole pixels of its lattice (column x / res, row -y / res)."""
+    ds = gdal.Open(path)
+    x0, res, _, y0, _, _ = ds.GetGeoTransform()
+    c0, r0 = round(x0 / res), round(-y0 / res)
+    return c0, r0, c0 + ds.RasterXSize, r0 + ds.RasterYSize
+
+
+def _uncovered(cells: Cells, covers: list[Cells]) -> list[Cells]:
+    """``cells`` minus every rectangle of ``covers``, as disjoint rectangles."""
+    parts = [cells]
+    for b0, s0, b1, s1 in covers:
+        rest: list[Cells] = []
+        for c0, r0, c1, r1 in parts:
+            if b0 >= c1 or b1 <= c0 or s0 >= r1 or s1 <= r0:
+                rest.append((c0, r0, c1, r1))
+                continue
+            mid0, mid1 = max(r0, s0), min(r1, s1)
+            pieces = [(c0, r0, c1, s0), (c0, s1, c1, r1), (c0, mid0, b0, mid1), (b1, mid0, c1, mid1)]
+            rest += [p for p in pieces if p[2] > p[0] and p[3] > p[1]]
+        parts = rest
+    return parts
 
 
 def _catalogue(directory, settings: dict[str, Any], done) -> str:
