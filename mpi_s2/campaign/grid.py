@@ -48,6 +48,7 @@ from typing import Any
 from osgeo import ogr, osr
 
 from mpi_s2.errors import InputError, UsageError
+from mpi_s2.planning.aoi import polygons_of
 
 #: Side of a Sentinel-2 tile (metres): 10 980 pixels of 10 m.
 S2_TILE_METRES = 109_800
@@ -348,23 +349,10 @@ def _lonlat_area(area: dict[str, Any]) -> ogr.Geometry:
     shape = ogr.CreateGeometryFromJson(json.dumps(area))
     if shape is None:
         raise InputError("the area of interest is not valid GeoJSON")
-    if not shape.IsValid():
-        shape = shape.MakeValid()
-    parts = ogr.Geometry(ogr.wkbMultiPolygon)
-    _add_polygons(shape, parts)
-    if parts.GetGeometryCount() == 0:
+    parts = polygons_of(shape)
+    if parts.IsEmpty():
         raise InputError("the area of interest has no polygon with an area")
-    return parts.UnionCascaded() if parts.GetGeometryCount() > 1 else parts
-
-
-def _add_polygons(shape: ogr.Geometry, into: ogr.Geometry) -> None:
-    kind = ogr.GT_Flatten(shape.GetGeometryType())
-    if kind == ogr.wkbPolygon:
-        if shape.GetArea() > 0:
-            into.AddGeometry(shape)
-    elif kind in (ogr.wkbMultiPolygon, ogr.wkbGeometryCollection):
-        for i in range(shape.GetGeometryCount()):
-            _add_polygons(shape.GetGeometryRef(i), into)
+    return parts
 
 
 def _area_in(lonlat: ogr.Geometry, epsg: int) -> ogr.Geometry:

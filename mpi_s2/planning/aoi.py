@@ -69,7 +69,7 @@ def place_aoi(path: str, geometry: dict[str, Any], grid: Grid) -> tuple[Window, 
     window = envelope_window(polygon.GetEnvelope(), gt, grid.size)
     if window is not None:
         part_gt = (gt[0] + window.col_off * gt[1], gt[1], 0.0, gt[3] + window.row_off * gt[5], 0.0, gt[5])
-        polygon = _area(polygon.Intersection(_rectangle(part_gt, Window(0, 0, window.width, window.height),
+        polygon = polygons_of(polygon.Intersection(_rectangle(part_gt, Window(0, 0, window.width, window.height),
                                                         margin=1)))
     if window is None or polygon.IsEmpty():
         raise InputError(f"--aoi {path}: does not intersect the inputs{_where(grid)}")
@@ -153,13 +153,13 @@ def _lonlat_area(geometry: dict[str, Any], path: str) -> ogr.Geometry:
     if not (-180 <= minx and maxx <= 180 and -90 <= miny and maxy <= 90):
         raise InputError(f"--aoi {path}: coordinates beyond longitude -180..180 and latitude -90..90 (GeoJSON is "
                          f"in degrees)")
-    area = _area(shape)
+    area = polygons_of(shape)
     if area.IsEmpty():
         raise InputError(f"--aoi {path}: its polygons have no area")
     return area
 
 
-def _area(shape: ogr.Geometry) -> ogr.Geometry:
+def polygons_of(shape: ogr.Geometry) -> ogr.Geometry:
     """The polygons of ``shape`` (made valid; lines and points dropped) as one multipolygon, overlaps merged."""
     if not shape.IsValid():
         shape = shape.MakeValid()
@@ -199,7 +199,7 @@ def _in_crs(area: ogr.Geometry, crs_wkt: str, path: str) -> ogr.Geometry:
     placed.Segmentize(DENSIFY_DEGREES)
     if placed.Transform(osr.CoordinateTransformation(_lonlat(), _srs(crs_wkt))) != 0:
         raise InputError(f"--aoi {path}: cannot be transformed to the output's CRS (is it far outside its zone?)")
-    return _area(placed)  # (a polygon beyond the projection's domain may fold over itself)
+    return polygons_of(placed)  # (a polygon beyond the projection's domain may fold over itself)
 
 
 def _where(grid: Grid) -> str:
