@@ -418,3 +418,26 @@ def test_an_mgrs_campaign_over_two_zones_assembles_as_one_compose(scene, tmp_pat
     outside = np.ones(pixels.shape[1:], bool)
     outside[row:row + reference.shape[1], col:col + reference.shape[2]] = False
     assert not pixels[3][outside].any()
+
+
+def test_a_local_run_killed_midway_ends_its_tile_failed_and_retry_finishes(scene, tmp_path):
+    """submit --local killed with its tile's mpirun (a closed login session): the tile it was running ends failed
+    ("interrupted"), never stuck running; retry --failed --local then runs it and the tiles never started."""
+    directory = tmp_path / "campaign"
+    assert plan(directory, scene).returncode == 0
+    command = [PYTHON, "-m", "mpi_s2", "campaign", "submit", str(directory), "--local", "--ranks-per-tile", "2"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**clean_env(), "MPI_S2_TEST_FAULT": "1:2:stall", "MPI_S2_TEST_FAULT_TILE": "r000c001"})
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "stalls after 2 windows" in line:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    report = status(directory, {})
+    assert report["counts"] == {"planned": 6, "submitted": 0, "running": 0, "done": 1, "failed": 1, "cancelled": 0,
+                                "empty": 0}, report
+    assert report["failed"][0]["tile"] == "r000c001" and "interrupted" in report["failed"][0]["error"], report
+    done = campaign("retry", str(directory), "--failed", "--local", "--ranks-per-tile", "2")
+    assert done.returncode == 0, done.stderr
+    assert status(directory, {})["counts"]["done"] == len(TILES)

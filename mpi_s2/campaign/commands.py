@@ -101,6 +101,7 @@ def refresh(campaign: Campaign, slurm_needed: bool = True) -> None:
     active = store.tiles(states=["submitted", "running"])
     if not active:
         return
+    _settle_local(campaign, [r for r in active if r.job_id == "local"])
     slurm_rows = [r for r in active if r.job_id != "local"]
     _recover_submissions(campaign, [r for r in slurm_rows if not r.job_id])
     slurm_rows = store.tiles(states=["submitted", "running"])
@@ -117,6 +118,23 @@ def refresh(campaign: Campaign, slurm_needed: bool = True) -> None:
     with store.transaction():
         for change in changes:
             _apply(campaign, change.tile, change.fields)
+
+
+MARKER_FIELDS = ("state", "error", "nodes", "started", "ended", "wall_s", "cpu_s", "output", "size", "checksum")
+
+
+def _settle_local(campaign: Campaign, rows: list[TileRow]) -> None:
+    """Tiles a ``submit --local`` left running: that command is gone (it runs its tiles before it returns), so
+    each ends as its marker says, or failed."""
+    markers = _markers(campaign.directory, [r.tile for r in rows])
+    with campaign.store.transaction():
+        for row in rows:
+            marker = markers.get(row.tile)
+            if marker and marker.get("token") == row.submit_token and marker.get("attempt") == row.attempts:
+                _apply(campaign, row.tile, {k: marker.get(k) for k in MARKER_FIELDS})
+            else:
+                campaign.store.update(row.tile, expect=["submitted", "running"], state="failed",
+                                      error="interrupted: the campaign command running it locally stopped first")
 
 
 def _apply(campaign: Campaign, tile: str, fields: dict[str, Any]) -> None:
@@ -223,8 +241,7 @@ def _run_locally(campaign: Campaign, rows: list[TileRow], launcher: list[str]) -
         log.info("campaign: tile %s (%d of %d) under %s", row.tile, i + 1, len(rows), shlex.join(launcher))
         run_tile(directory.root, token, i, launcher)
         marker = read_json(directory.marker(row.tile))
-        fields = {k: marker.get(k) for k in ("state", "error", "nodes", "started", "ended", "wall_s", "cpu_s",
-                                             "output", "size", "checksum")}
+        fields = {k: marker.get(k) for k in MARKER_FIELDS}
         fields["nodes"] = fields["nodes"] or os.uname().nodename
         with store.transaction():
             _apply(campaign, row.tile, fields)
@@ -279,10 +296,12 @@ def status(root: str, slurm: Slurm | None = None) -> dict[str, Any]:
     """Counts per state, throughput, an ETA, the failed tiles with their last error, the slowest tiles."""
     campaign = open_campaign(root, slurm)
     try:
-        if campaign.store.tiles(states=["submitted", "running"]):
+        active = campaign.store.tiles(states=["submitted", "running"])
+        if any(r.job_id != "local" for r in active):
             missing = campaign.slurm.missing()
             if missing:
                 raise InputError(missing)
+        if active:
             refresh(campaign)
         rows = campaign.store.tiles()
         counts = campaign.store.counts()

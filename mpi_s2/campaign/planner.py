@@ -110,15 +110,23 @@ def plan_campaign(request: PlanRequest, launcher: list[str] | None = None) -> di
     if request.overwrite and os.path.lexists(directory.root):
         _remove_campaign(directory.root)
     os.makedirs(directory.root)
+    planning = os.path.join(directory.root, PLANNING_MARK)
+    open(planning, "w").close()  # a plan killed midway leaves a directory --overwrite may replace
     try:
-        return _write(request, directory, geometry, items, plans, launcher)
+        settings = _write(request, directory, geometry, items, plans, launcher)
     except BaseException:
         shutil.rmtree(directory.root, ignore_errors=True)
         raise
+    os.unlink(planning)
+    return settings
+
+
+PLANNING_MARK = ".planning"
 
 
 def _remove_campaign(root: str) -> None:
-    if not os.path.isfile(os.path.join(root, "campaign.json")) and os.listdir(root):
+    ours = any(os.path.isfile(os.path.join(root, name)) for name in ("campaign.json", PLANNING_MARK))
+    if not ours and os.listdir(root):
         raise InputError(f"campaign directory {root} exists and is not a campaign: not replaced")
     shutil.rmtree(root)
 
