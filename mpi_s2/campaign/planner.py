@@ -23,10 +23,11 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, ogr
 
 from mpi_s2.campaign.grid import OutputTile, clip_to_area, count_mgrs_tiles, mgrs_tiles, square_tiles
 from mpi_s2.campaign.layout import CampaignDir, write_json
@@ -105,7 +106,8 @@ def plan_campaign(request: PlanRequest, launcher: list[str] | None = None) -> di
     geometry, shape = area_of(request.aoi)
     items = _items(request)
     tiles = _tiles(request, geometry, items)
-    plans = [_tile_plan(tile, shape, items) for tile in tiles]
+    index = FootprintIndex(items)
+    plans = [_tile_plan(tile, shape, index) for tile in tiles]
     directory = CampaignDir(os.path.abspath(request.directory))
     if request.overwrite and os.path.lexists(directory.root):
         _remove_campaign(directory.root)
@@ -172,28 +174,35 @@ def _first_grid(entry: CatalogueItem, request: PlanRequest) -> tuple[int, tuple[
     return epsg, (gt[0], gt[3])
 
 
-def _tile_plan(tile: OutputTile, area: ogr.Geometry, items: list[CatalogueItem]) -> TilePlan:
-    """The tile's part of ``area`` (cut in the tile's CRS, so that its edges are the tile's pixel edges exactly),
-    and the items whose footprint meets it."""
-    srs = _srs(tile.epsg)
-    lonlat = _srs(4326)
-    rectangle = ogr.CreateGeometryFromJson(json.dumps(tile.geojson()["geometry"]))
-    rectangle.AssignSpatialReference(srs)
-    local = area.Clone()
-    local.AssignSpatialReference(lonlat)
-    local.TransformTo(srs)
-    part = local.Intersection(rectangle)
-    part.TransformTo(lonlat)
-    shape = ogr.CreateGeometryFromJson(part.ExportToJson())
-    chosen = [entry for entry in items if _footprint(entry).Intersects(shape)]
-    return TilePlan(tile, chosen, json.loads(part.ExportToJson()))
+class FootprintIndex:
+    """The items' footprints (lon/lat), bucketed by whole degrees: a tile asks only the items near it, so planning
+    thousands of tiles against tens of thousands of items stays linear."""
+
+    def __init__(self, items: list[CatalogueItem]):
+        self.items = items
+        self.shapes = [_footprint(entry) for entry in items]
+        self.cells: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for k, shape in enumerate(self.shapes):
+            for cell in _degree_cells(shape):
+                self.cells[cell].append(k)
+
+    def meeting(self, shape: ogr.Geometry) -> list[CatalogueItem]:
+        """The items whose footprint meets ``shape``, in the catalogue's order."""
+        near = sorted({k for cell in _degree_cells(shape) for k in self.cells.get(cell, ())})
+        return [self.items[k] for k in near if self.shapes[k].Intersects(shape)]
 
 
-def _srs(epsg: int) -> osr.SpatialReference:
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(epsg)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    return srs
+def _degree_cells(shape: ogr.Geometry) -> list[tuple[int, int]]:
+    minx, maxx, miny, maxy = shape.GetEnvelope()
+    return [(x, y) for x in range(math.floor(minx), math.floor(maxx) + 1)
+            for y in range(math.floor(miny), math.floor(maxy) + 1)]
+
+
+def _tile_plan(tile: OutputTile, area: ogr.Geometry, index: FootprintIndex) -> TilePlan:
+    """The tile's part of ``area`` (in lon/lat), and the items whose footprint meets it."""
+    outline = ogr.CreateGeometryFromJson(json.dumps(tile.lonlat_polygon()))
+    part = area.Intersection(outline)
+    return TilePlan(tile, index.meeting(part) if not part.IsEmpty() else [], json.loads(part.ExportToJson()))
 
 
 def _footprint(entry: CatalogueItem) -> ogr.Geometry:
