@@ -265,10 +265,11 @@ def test_faults_end_failed_or_cancelled_and_retry_finishes_them(slurm, scene, re
     assemble_and_compare(directory, scene, env, tmp_path)
 
 
-@pytest.mark.parametrize("point", ["before-sbatch", "after-sbatch"])
-def test_a_submit_killed_midway_loses_and_duplicates_nothing(slurm, scene, point, request, tmp_path):
+def test_a_submit_killed_midway_loses_and_duplicates_nothing(slurm, scene, request, tmp_path):
+    """Killed after sbatch (one node, PostgreSQL) or before it (two nodes, SQLite), then rerun."""
     env = slurm.env
     directory = tmp_path / "campaign"
+    point = "after-sbatch" if slurm.nodes == 1 else "before-sbatch"
     db = database_options(request, "postgresql" if slurm.nodes == 1 else "sqlite")
     assert plan(directory, scene, *db, env=env).returncode == 0
     command = [PYTHON, "-m", "mpi_s2", "campaign", "submit", str(directory), "--ranks-per-tile", "2",

@@ -356,3 +356,47 @@ def test_a_usage_error_is_printed_even_when_rank_0_starts_last(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("mpi_s2:")]
     assert lines == ["mpi_s2: error: compose: argument --window: must be > 0, got 0 (see mpi-s2 compose --help)"], \
         result.stderr
+
+
+FAIL_AT_ONCE = """\
+import sys
+from mpi_s2.errors import InputError
+from mpi_s2.parallel.runtime import run_job
+
+def main(comm):
+    comm.Barrier()
+    if comm.rank:  # every worker fails at the same moment (as two readers of one broken source do)
+        raise InputError(f"a broken source, seen by rank {comm.rank}")
+    comm.Barrier()
+
+sys.exit(run_job(main))
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_ranks_failing_at_once_print_one_error_line(tmp_path, attempt):
+    """Workers failing within microseconds of each other: one error line (CI of this stop: two, one per reader of a
+    source that failed for good), not one per rank; the job still ends with the error's code."""
+    script = tmp_path / "fail_at_once.py"
+    script.write_text(FAIL_AT_ONCE)
+    result = subprocess.run([*MPIRUN, "-n", "4", PYTHON, str(script)], capture_output=True, text=True, timeout=120,
+                            env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mpi_s2: error")]
+    assert len(lines) == 1 and "a broken source, seen by rank" in lines[0], result.stderr
+
+
+def test_only_the_first_failing_rank_of_a_job_claims_the_line(tmp_path):
+    """The claim is an abstract unix socket named after the job: another process of the same job cannot take it
+    while the first lives, a process of another job can, and nothing is left behind once the first ends."""
+    claim = ("import sys, time; from mpi_s2.parallel.runtime import first_failure_here; "
+             "print(first_failure_here(3, {'PMIX_NAMESPACE': sys.argv[1]}), flush=True); "
+             "time.sleep(float(sys.argv[2]))")
+    first = subprocess.Popen([PYTHON, "-c", claim, "job-a", "3"], stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None and first.stdout.readline().strip() == "True"
+    same = subprocess.run([PYTHON, "-c", claim, "job-a", "0"], capture_output=True, text=True)
+    other = subprocess.run([PYTHON, "-c", claim, "job-b", "0"], capture_output=True, text=True)
+    assert (same.stdout.strip(), other.stdout.strip()) == ("False", "True")
+    first.wait()
+    again = subprocess.run([PYTHON, "-c", claim, "job-a", "0"], capture_output=True, text=True)
+    assert again.stdout.strip() == "True"

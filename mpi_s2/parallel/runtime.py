@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from mpi_s2.errors import CollectiveFailure, LaunchError, MpiS2Error
@@ -164,15 +166,41 @@ def _run(main: Callable[[Any], object], comm) -> int:
     # Abort inside the except clauses: the exception's frames still hold the buffers of messages in flight, which
     # must not be freed (and reused) while another rank may still be receiving them.
     except MpiS2Error as exc:
-        _say(failure_line(exc, comm.rank, comm.size))
+        if first_failure_here(comm.size):
+            _say(failure_line(exc, comm.rank, comm.size))
         return _abort(comm, exc.exit_code)
     except KeyboardInterrupt as exc:
-        _say(failure_line(exc, comm.rank, comm.size))
+        if first_failure_here(comm.size):
+            _say(failure_line(exc, comm.rank, comm.size))
         return _abort(comm, 130)
     except BaseException as exc:  # a bug: keep the traceback, but still end the job
         traceback.print_exc()
-        _say(failure_line(exc, comm.rank, comm.size))
+        if first_failure_here(comm.size):
+            _say(failure_line(exc, comm.rank, comm.size))
         return _abort(comm, 1)
+
+
+_ELECTED: list[socket.socket] = []  # held until the process ends (the abort): the name is free again after
+
+
+def first_failure_here(size: int, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this rank is the first of its job on this node to fail: only that one prints the job's error line.
+
+    Two workers that read the same broken source fail within microseconds of each other, and both would print
+    before the abort of the first ends the other. The first binds an abstract unix socket named after the job
+    (PMIx's namespace, which mpirun and srun both set): Linux frees the name when the process ends, so nothing is
+    left behind and nothing can hang. Ranks on other nodes are not told: one line per node at most."""
+    job = environ.get("PMIX_NAMESPACE") or environ.get("OMPI_MCA_ess_base_jobid")
+    if size < 2 or not job or not sys.platform.startswith("linux"):
+        return True
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0mpi_s2-failed-{job}")
+    except OSError:
+        claim.close()
+        return False
+    _ELECTED.append(claim)
+    return True
 
 
 def _abort(comm, code: int) -> int:
