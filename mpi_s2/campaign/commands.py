@@ -112,12 +112,17 @@ def refresh(campaign: Campaign, slurm_needed: bool = True) -> None:
     queue = campaign.slurm.queue(job_ids)  # before the markers: see the module
     markers = _markers(campaign.directory, [r.tile for r in slurm_rows])
     queued = {(e.job_id, e.array_task) for e in queue}
-    gone = [r for r in slurm_rows if (r.job_id, r.array_task) not in queued and r.tile not in markers]
+    gone = [r for r in slurm_rows if (r.job_id, r.array_task) not in queued and not _current(markers.get(r.tile), r)]
     accounting = campaign.slurm.accounting(sorted({r.job_id for r in gone if r.job_id})) if gone else []
     changes = reconcile(slurm_rows, queue, accounting, markers, _now())
     with store.transaction():
         for change in changes:
             _apply(campaign, change.tile, change.fields)
+
+
+def _current(marker: dict[str, Any] | None, row: TileRow) -> bool:
+    """Whether ``marker`` is of ``row``'s attempt (a retried tile's old marker stays until its new task ends)."""
+    return marker is not None and marker.get("attempt") == row.attempts and str(marker.get("job_id")) == str(row.job_id)
 
 
 MARKER_FIELDS = ("state", "error", "nodes", "started", "ended", "wall_s", "cpu_s", "output", "size", "checksum")
