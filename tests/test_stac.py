@@ -217,3 +217,49 @@ def test_baseline_from_properties_and_ids():
     assert processing_baseline(item({"s2:processing_baseline": "05.10"})) == "05.10"
     assert processing_baseline(item({}, "S2B_MSIL2A_20230601T102559_N0509_R108_T32TMS_20230601T141214")) == "05.09"
     assert processing_baseline(item({}, "S2A_29RKH_20200219_0_L2A")) is None
+
+
+READ_IN_A_FRESH_PROCESS = """
+import json, sys
+from mpi_s2.inputs.stac import read_catalogue, warm_up
+if sys.argv[2] == "warm":
+    warm_up()
+before = set(sys.modules)
+read_catalogue(sys.argv[1])
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warmed-up", "cold"])
+def test_warm_up_leaves_the_first_item_read_nothing_to_import(real_item, tmp_path, warm):
+    """Rank 0 warms the STAC reader up while the other ranks start (cli.warm_up_planner): the plan's first read of
+    an item then imports nothing (pystac, its extension hooks and its date parser are loaded). Cold, the same read
+    imports pystac and more, which is what the warm-up takes off the workers' wait for the plan."""
+    import subprocess
+    import sys
+
+    path = write_json(tmp_path / "item.json", real_item)
+    out = subprocess.run([sys.executable, "-c", READ_IN_A_FRESH_PROCESS, path, "warm" if warm else "cold"],
+                         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    imported = json.loads(out.stdout)
+    if warm:
+        assert imported == []
+    else:
+        assert "pystac" in imported and "pystac.stac_io" in imported
+
+
+@pytest.mark.parametrize("rank, stac, warmed", [("0", True, True), ("1", True, False), ("0", False, False)])
+def test_only_the_planning_rank_warms_up_and_only_for_a_catalogue(monkeypatch, tmp_path, rank, stac, warmed):
+    from mpi_s2 import cli
+    from mpi_s2.inputs import stac as stac_module
+
+    calls: list[bool] = []
+    monkeypatch.setattr(stac_module, "warm_up", lambda search=False: calls.append(search))
+    for key in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", rank)
+    inputs = ["--stac", str(tmp_path / "items.json")] if stac else ["--red", "r.tif", "--green", "g.tif",
+                                                                     "--blue", "b.tif"]
+    args = cli.build_parser().parse_args(["compose", *inputs, "-o", str(tmp_path / "out.tif")])
+    cli.warm_up_planner(cli.compose_config(args))
+    assert calls == ([False] if warmed else [])
