@@ -225,6 +225,18 @@ class Nginx:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user and system) nginx's master and worker processes have used so far (Linux's /proc)."""
+        if self.process is None:
+            return 0.0
+        pid = self.process.pid
+        pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+        ticks = 0
+        for each in pids:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def requests(self, settle: float = 0.05) -> list[Request]:
         """The requests logged since the start (or :meth:`clear_log`), oldest first. nginx writes each line
         unbuffered as the request completes, just after sending its last byte: the log is read once it has not
