@@ -71,6 +71,13 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         proxy = self.server.proxy
+        proxy._begin()
+        try:
+            self._respond(proxy)
+        finally:
+            proxy._end()
+
+    def _respond(self, proxy: FaultProxy) -> None:
         fault = proxy._decide(self.path)
         if proxy.delay > 0:
             time.sleep(proxy.delay)
@@ -135,18 +142,20 @@ class FaultProxy:
 
     * ``fail_paths``: requests whose path contains one of these substrings are answered ``fail_status`` for good,
       or only after the first ``fail_after`` requests to that path (a source that starts failing);
-    * ``drop_every`` N: every Nth request gets no response, its connection is closed (``drop_reset``: by a TCP
-      reset instead of an orderly close);
+    * ``drop_first`` N: the first N requests get no response, their connections are closed (``drop_reset``: by a
+      TCP reset instead of an orderly close);
+    * ``drop_every`` N: every Nth request is dropped so;
     * ``fail_every`` N: every Nth request is answered 503 without contacting the upstream;
     * ``fail_fraction``: that fraction of requests, drawn from ``random.Random(seed)``, are answered 503;
     * ``delay``: seconds each request waits before its answer (faulty or not).
 
-    ``requests`` counts requests received, ``faults`` those given a fault (503s and drops), ``dropped`` the drops.
+    ``requests`` counts requests received, ``faults`` those given a fault (503s and drops), ``dropped`` the drops,
+    ``most_at_once`` the most requests it was answering at one time.
     """
 
     def __init__(self, upstream: str, *, fail_every: int = 0, fail_fraction: float = 0.0, seed: int = 0,
                  fail_paths: set[str] | None = None, fail_status: int = 503, fail_after: int = 0,
-                 delay: float = 0.0, drop_every: int = 0, drop_reset: bool = False) -> None:
+                 delay: float = 0.0, drop_first: int = 0, drop_every: int = 0, drop_reset: bool = False) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"FaultProxy: upstream must be an http:// URL, not {upstream!r}")
@@ -161,12 +170,15 @@ class FaultProxy:
         self.fail_status = fail_status
         self.fail_after = fail_after
         self.delay = delay
+        self.drop_first = drop_first
         self.drop_every = drop_every
         self.drop_reset = drop_reset
         self._lock = threading.Lock()
         self._requests = 0
         self._faults = 0
         self._dropped = 0
+        self._in_flight = 0
+        self._most_at_once = 0
         self._per_path: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
         self._server: _ProxyServer | None = None
@@ -188,6 +200,20 @@ class FaultProxy:
             return self._dropped
 
     @property
+    def most_at_once(self) -> int:
+        with self._lock:
+            return self._most_at_once
+
+    def _begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._most_at_once = max(self._most_at_once, self._in_flight)
+
+    def _end(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("FaultProxy is not running")
@@ -207,7 +233,7 @@ class FaultProxy:
             fault: str | int | None = None
             if any(part in bare for part in self.fail_paths) and seen > self.fail_after:
                 fault = self.fail_status
-            elif self.drop_every > 0 and n % self.drop_every == 0:
+            elif n <= self.drop_first or (self.drop_every > 0 and n % self.drop_every == 0):
                 fault = "drop"
             elif self.fail_every > 0 and n % self.fail_every == 0:
                 fault = 503

@@ -282,3 +282,77 @@ def test_offset_option_overrides_the_items_offsets(real_item, tmp_path):
     assert np.array_equal(gdal.Open(str(outputs["stac"])).ReadAsArray(), gdal.Open(str(outputs["bands"])).ReadAsArray())
     note = json.loads((tmp_path / "stac.json").read_text())["inputs"][0]["radiometry_note"]
     assert note == "offsets -1000/-1000/-1000 (B04/B03/B02), scale 10000, from raster:bands, overridden by options"
+
+
+def test_the_planner_opens_remote_files_several_at_a_time(real_item, nginx):
+    """Rank 0 inspects remote band files up to OPENS_AT_ONCE at a time (a season is thousands of files, each a
+    round trip or two away): 4 items x 3 bands behind a proxy answering 0.2 s late are in flight together, and
+    each set's grid is the local file's, read by GDAL directly."""
+    from mpi_s2.inputs.bands import inspect_band_sets
+
+    local = gdal.Open(str(COG_DIR / "B04.tif"))
+    expected = (local.RasterXSize, local.RasterYSize, tuple(local.GetGeoTransform()))
+    with FaultProxy(nginx.url(), delay=0.2) as proxy:
+        sets = [tuple(f"/vsicurl/{proxy.url(f'{band}.tif')}?copy={k}" for band in ("B04", "B03", "B02"))
+                for k in range(4)]
+        inspected = inspect_band_sets(sets)  # type: ignore[arg-type]
+        assert proxy.most_at_once >= 4, proxy.most_at_once
+    assert [(g.width, g.height, g.geotransform) for g, _ in inspected] == [expected] * 4
+    assert [[info.path for info in infos] for _, infos in inspected] == [list(s) for s in sets]
+
+
+def test_the_planners_first_error_is_the_one_a_loop_over_the_items_meets(real_item, tmp_path):
+    """Opened all at once, the sets still fail as a loop over them would: the first set's grid mismatch is
+    reported, not the second set's missing file (whose 404 may well arrive first)."""
+    from mpi_s2.errors import InputError
+    from mpi_s2.inputs.bands import inspect_band_sets
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for band in ("B04", "B03", "B02"):
+        (root / f"{band}.tif").symlink_to(COG_DIR / f"{band}.tif")
+    gdal.Translate(str(root / "small.tif"), str(COG_DIR / "B03.tif"), width=100, height=100)
+    with Nginx(root, tmp_path / "nginx") as server:
+        url = lambda name: f"/vsicurl/{server.url(name)}"  # noqa: E731
+        sets = [(url("B04.tif"), url("small.tif"), url("B02.tif")),
+                (url("missing.tif"), url("B03.tif"), url("B02.tif"))]
+        with pytest.raises(InputError) as error:
+            inspect_band_sets(sets)  # type: ignore[arg-type]
+    assert str(error.value).startswith(f"{url('small.tif')}: green band is 100 x 100 pixels"), error.value
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_remote_open_whose_new_connection_is_dropped_is_tried_again(nginx, reset):
+    """libcurl resends a request only when a kept-alive connection is dropped, and GDAL 3.6 retries no drop; the
+    planner's opens each begin on a new connection (one per thread), so open_dataset tries a dropped open again,
+    GDAL_HTTP_MAX_RETRY times: two drops are survived, and with drops for good the error names the file after 1 +
+    3 tries. A 404 is not tried again."""
+    from mpi_s2.errors import InputError
+    from mpi_s2.inputs.bands import open_dataset
+
+    options = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "0.01", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    previous = {key: gdal.GetConfigOption(key) for key in options}
+    for key, value in options.items():
+        gdal.SetConfigOption(key, value)
+    local = gdal.Open(str(COG_DIR / "B04.tif"))  # (held: a band outliving its dataset crashes GDAL)
+    expected = local.GetRasterBand(1).ReadAsArray()
+    try:
+        with FaultProxy(nginx.url(), drop_first=2, drop_reset=reset) as proxy:
+            ds = open_dataset(f"/vsicurl/{proxy.url('B04.tif')}")
+            np.testing.assert_array_equal(ds.GetRasterBand(1).ReadAsArray(), expected)
+            assert proxy.dropped == 2
+        with FaultProxy(nginx.url(), drop_first=100, drop_reset=reset) as proxy:
+            path = f"/vsicurl/{proxy.url('B03.tif')}"
+            with pytest.raises(InputError) as error:
+                open_dataset(path)
+            assert proxy.dropped == 4
+        reason = "Connection reset by peer" if reset else "Empty reply from server"
+        assert str(error.value).startswith(f"{path}: cannot be read as a raster (") and reason in str(error.value)
+        with FaultProxy(nginx.url()) as proxy:
+            with pytest.raises(InputError, match="404"):
+                open_dataset(f"/vsicurl/{proxy.url('missing.tif')}")
+            assert proxy.requests == 1
+    finally:
+        for key, value in previous.items():
+            gdal.SetConfigOption(key, value)
+        gdal.VSICurlClearCache()

@@ -1,15 +1,18 @@
 """Sources: the input band files, their grid, and reading windows of them with GDAL.
 
-Rank 0 inspects and checks the inputs (:func:`inspect_band_set`); each worker then opens its own handles
-(:class:`TileReader`), since a GDAL dataset must never be shared between processes.
+Rank 0 inspects and checks the inputs (:func:`inspect_band_sets`, remote files several at a time); each worker
+then opens its own handles (:class:`TileReader`), since a GDAL dataset must never be shared between processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 from osgeo import gdal, osr
@@ -76,16 +79,33 @@ def gdal_path(location: str) -> str:
     return os.path.abspath(location)
 
 
+#: What libcurl reports when a server closes a new connection without answering, by an orderly close or a reset.
+#: libcurl itself resends a request only when this happens on a kept-alive connection, and GDAL 3.6 retries neither
+#: (it retries HTTP 429 and 5xx, and timeouts), so :func:`open_dataset` retries them as GDAL retries a 503.
+DROPPED_CONNECTION = ("Empty reply from server", "Connection reset by peer")
+
+
 def open_dataset(path: str) -> gdal.Dataset:
-    """Open ``path`` read-only, turning GDAL's error into an :class:`InputError` that names the file."""
+    """Open ``path`` read-only, turning GDAL's error into an :class:`InputError` that names the file. A remote open
+    whose new connection is dropped (:data:`DROPPED_CONNECTION`) is tried again, up to ``GDAL_HTTP_MAX_RETRY``
+    times, ``GDAL_HTTP_RETRY_DELAY`` seconds doubling between tries (the planner opens remote files on several
+    threads, each on a connection of its own; so does each worker)."""
     if not path.startswith("/vsi") and not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     if not path.startswith("/vsi") and not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
-    try:
-        return gdal.Open(path, gdal.GA_ReadOnly)
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot be read as a raster ({_gdal_reason(exc)})") from None
+    retries = int(gdal.GetConfigOption("GDAL_HTTP_MAX_RETRY") or 0) if is_network_path(path) else 0
+    delay = float(gdal.GetConfigOption("GDAL_HTTP_RETRY_DELAY") or 30)
+    for attempt in range(retries + 1):
+        try:
+            return gdal.Open(path, gdal.GA_ReadOnly)
+        except RuntimeError as exc:
+            reason = _gdal_reason(exc)
+            if attempt == retries or not any(text in reason for text in DROPPED_CONNECTION):
+                raise InputError(f"{path}: cannot be read as a raster ({reason})") from None
+        gdal.VSICurlPartialClearCache(path)  # GDAL remembers the failed open
+        time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _gdal_reason(exc: BaseException) -> str:
@@ -150,9 +170,50 @@ def same_geotransform(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
-def inspect_band_set(paths: tuple[str, str, str]) -> tuple[Grid, tuple[BandInfo, ...]]:
-    """Inspect red, green and blue files and check they share one grid; return it with each band's info."""
-    infos = tuple(inspect_band(p) for p in paths)
+#: Remote files the planner opens at once. Opening one waits for one or two round trips (a HEAD, the header read),
+#: and a season of a region is thousands of files: 600 items x 4 files at 20 ms a round trip would keep a whole
+#: allocation waiting for about 90 s, one file at a time. GDAL lets other threads run while it waits.
+OPENS_AT_ONCE = 16
+
+_Opened = TypeVar("_Opened")
+
+
+def open_all(open_one: Callable[[str], _Opened], paths: Sequence[str]) -> dict[str, _Opened | InputError]:
+    """``open_one`` of each distinct path, up to :data:`OPENS_AT_ONCE` at a time when some path is remote (one at a
+    time otherwise); an :class:`InputError` is kept as the path's value, for the caller to raise in its order."""
+    distinct = list(dict.fromkeys(paths))
+
+    def attempt(path: str) -> _Opened | InputError:
+        try:
+            return open_one(path)
+        except InputError as exc:
+            return exc
+
+    if len(distinct) < 2 or not any(is_network_path(p) for p in distinct):
+        return {path: attempt(path) for path in distinct}
+    pool = ThreadPoolExecutor(min(OPENS_AT_ONCE, len(distinct)), thread_name_prefix="mpi_s2-open")
+    try:
+        return dict(zip(distinct, pool.map(attempt, distinct), strict=True))
+    finally:  # a stop (a signal's exception) leaves the files not yet begun unopened
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def opened(value: _Opened | InputError) -> _Opened:
+    """A value of :func:`open_all`, or its error raised."""
+    if isinstance(value, InputError):
+        raise value
+    return value
+
+
+def inspect_band_sets(sets: Sequence[tuple[str, str, str]]) -> list[tuple[Grid, tuple[BandInfo, ...]]]:
+    """Inspect each set's red, green and blue files (:func:`inspect_band`, opened by :func:`open_all`) and check
+    that they share one grid (:func:`check_band_set`): the results, and the first error, of a loop over the sets."""
+    infos = open_all(inspect_band, [path for paths in sets for path in paths])
+    return [check_band_set(tuple(opened(infos[path]) for path in paths)) for paths in sets]
+
+
+def check_band_set(infos: tuple[BandInfo, ...]) -> tuple[Grid, tuple[BandInfo, ...]]:
+    """Check that the red, green and blue files described share one grid; return it with the infos."""
     first = infos[0]
     for name, info in zip(BAND_NAMES[1:], infos[1:], strict=True):
         if info.grid.size != first.grid.size:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from osgeo import gdal, osr
 
 from mpi_s2.errors import InputError
-from mpi_s2.inputs.bands import BandInfo, Grid, inspect_band_set, inspect_mask, same_crs
+from mpi_s2.inputs.bands import BandInfo, Grid, inspect_band_sets, inspect_mask, open_all, opened, same_crs
 from mpi_s2.pixels.radiometry import Stretch
 from mpi_s2.windows import Window, intersection, relative_to
 
@@ -124,10 +124,11 @@ def layout_mosaic(tiles: list[TileInput], crs: str | None, resampling: str = "ne
     """Output grid, placed sources and the block size windows should align with."""
     if resampling not in RESAMPLING:
         raise InputError(f"--resampling {resampling!r}: choose one of {', '.join(RESAMPLING)}")
-    inspected: list[tuple[Grid, tuple[BandInfo, ...]]] = [inspect_band_set(t.files) for t in tiles]
+    inspected: list[tuple[Grid, tuple[BandInfo, ...]]] = inspect_band_sets([t.files for t in tiles])
+    masks = open_all(inspect_mask, [t.scl for t in tiles if t.scl])
     for tile in tiles:
         if tile.scl:
-            inspect_mask(tile.scl)
+            opened(masks[tile.scl])
     first_grid, first_infos = inspected[0]
     target = _srs(crs, "--crs") if crs else _srs(first_grid.crs_wkt, tiles[0].label) if first_grid.crs_wkt else None
     if target is None and len(tiles) > 1:
