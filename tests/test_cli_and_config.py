@@ -3,6 +3,8 @@ rule for skips and the in-process MPI session's world size (pytest run in a subp
 
 import os
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -388,15 +390,22 @@ def test_ranks_failing_at_once_print_one_error_line(tmp_path, attempt):
 
 def test_only_the_first_failing_rank_of_a_job_claims_the_line(tmp_path):
     """The claim is an abstract unix socket named after the job: another process of the same job cannot take it
-    while the first lives, a process of another job can, and nothing is left behind once the first ends."""
+    while the first lives, nor for ``outlive_s`` after it ended (its abort ends it before mpirun has stopped the
+    others: CI on 981b815 printed a second reader's line then), a process of another job can, and nothing is left
+    behind once that time is over."""
     claim = ("import sys, time; from mpi_s2.parallel.runtime import first_failure_here; "
-             "print(first_failure_here(3, {'PMIX_NAMESPACE': sys.argv[1]}), flush=True); "
-             "time.sleep(float(sys.argv[2]))")
-    first = subprocess.Popen([PYTHON, "-c", claim, "job-a", "3"], stdout=subprocess.PIPE, text=True)
+             "print(first_failure_here(3, {'PMIX_NAMESPACE': sys.argv[1]}, outlive_s=float(sys.argv[3])), "
+             "flush=True); time.sleep(float(sys.argv[2]))")
+    job_a, job_b = f"test-a-{uuid.uuid4().hex}", f"test-b-{uuid.uuid4().hex}"  # (names outlive the test a while)
+    first = subprocess.Popen([PYTHON, "-c", claim, job_a, "1", "4"], stdout=subprocess.PIPE, text=True)
     assert first.stdout is not None and first.stdout.readline().strip() == "True"
-    same = subprocess.run([PYTHON, "-c", claim, "job-a", "0"], capture_output=True, text=True)
-    other = subprocess.run([PYTHON, "-c", claim, "job-b", "0"], capture_output=True, text=True)
+    claimed = time.monotonic()
+    same = subprocess.run([PYTHON, "-c", claim, job_a, "0", "0"], capture_output=True, text=True)
+    other = subprocess.run([PYTHON, "-c", claim, job_b, "0", "0"], capture_output=True, text=True)
     assert (same.stdout.strip(), other.stdout.strip()) == ("False", "True")
     first.wait()
-    again = subprocess.run([PYTHON, "-c", claim, "job-a", "0"], capture_output=True, text=True)
+    after = subprocess.run([PYTHON, "-c", claim, job_a, "0", "0"], capture_output=True, text=True)
+    assert after.stdout.strip() == "False" and time.monotonic() - claimed < 4  # the first has ended, its claim not
+    time.sleep(max(0.0, claimed + 4.5 - time.monotonic()))
+    again = subprocess.run([PYTHON, "-c", claim, job_a, "0", "0"], capture_output=True, text=True)
     assert again.stdout.strip() == "True"

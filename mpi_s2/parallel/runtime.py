@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import traceback
 from collections.abc import Mapping
@@ -180,16 +181,25 @@ def _run(main: Callable[[Any], object], comm) -> int:
         return _abort(comm, 1)
 
 
-_ELECTED: list[socket.socket] = []  # held until the process ends (the abort): the name is free again after
+_ELECTED: list[socket.socket] = []  # held until the process ends (the abort)
+_HOLDERS: list[subprocess.Popen] = []  # referenced, so that no warning says they still run
+
+#: Seconds the claim outlives the rank that made it. That rank's abort ends it at once, and mpirun stops the others
+#: a moment later: a rank failing in between found the name free (CI: the second reader of a source failing for
+#: good, its GDAL retries ending later, printed a second line).
+CLAIM_OUTLIVES_S = 10.0
 
 
-def first_failure_here(size: int, environ: Mapping[str, str] = os.environ) -> bool:
+def first_failure_here(size: int, environ: Mapping[str, str] = os.environ,
+                       outlive_s: float = CLAIM_OUTLIVES_S) -> bool:
     """Whether this rank is the first of its job on this node to fail: only that one prints the job's error line.
 
-    Two workers that read the same broken source fail within microseconds of each other, and both would print
-    before the abort of the first ends the other. The first binds an abstract unix socket named after the job
-    (PMIx's namespace, which mpirun and srun both set): Linux frees the name when the process ends, so nothing is
-    left behind and nothing can hang. Ranks on other nodes are not told: one line per node at most."""
+    Two workers that read the same broken source fail within moments of each other, and both would print before
+    the abort of the first ends the other. The first binds an abstract unix socket named after the job (PMIx's
+    namespace, which mpirun and srun both set), and hands it to a ``sleep`` of ``outlive_s`` seconds, which keeps
+    the name bound after this rank's abort while mpirun stops the others. Linux frees the name when the last
+    holder ends, so nothing is left behind and nothing can hang. Ranks on other nodes are not told: one line per
+    node at most."""
     job = environ.get("PMIX_NAMESPACE") or environ.get("OMPI_MCA_ess_base_jobid")
     if size < 2 or not job or not sys.platform.startswith("linux"):
         return True
@@ -200,6 +210,13 @@ def first_failure_here(size: int, environ: Mapping[str, str] = os.environ) -> bo
         claim.close()
         return False
     _ELECTED.append(claim)
+    if outlive_s > 0:
+        try:
+            _HOLDERS.append(subprocess.Popen(
+                ["sleep", f"{outlive_s:g}"], pass_fds=(claim.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        except OSError:
+            pass  # this rank's own life still covers ranks failing at the same moment
     return True
 
 
