@@ -96,7 +96,8 @@ def open_dataset(path: str) -> gdal.Dataset:
         raise InputError(f"{path}: permission denied")
     retries = int(gdal.GetConfigOption("GDAL_HTTP_MAX_RETRY") or 0) if is_network_path(path) else 0
     delay = float(gdal.GetConfigOption("GDAL_HTTP_RETRY_DELAY") or 30)
-    for attempt in range(retries + 1):
+    attempt = 0
+    while True:
         try:
             return gdal.Open(path, gdal.GA_ReadOnly)
         except RuntimeError as exc:
@@ -105,7 +106,7 @@ def open_dataset(path: str) -> gdal.Dataset:
                 raise InputError(f"{path}: cannot be read as a raster ({reason})") from None
         gdal.VSICurlPartialClearCache(path)  # GDAL remembers the failed open
         time.sleep(delay * 2**attempt)
-    raise AssertionError("unreachable")
+        attempt += 1
 
 
 def _gdal_reason(exc: BaseException) -> str:
